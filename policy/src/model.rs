@@ -1,0 +1,473 @@
+//! The typed policy documents of design §6. Field names are the YAML names in snake_case.
+//!
+//! Serde derives here only check shape (types, unknown fields); ranges and cross-field rules live
+//! in `validate` so that every violation in a document can be reported at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::duration::Duration;
+use crate::wire::Wire;
+
+pub const API_VERSION: &str = "weir/v1";
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// The kinds this crate understands, in the order error messages list them.
+pub const KINDS: [&str; 3] = ["MeshConfig", "ServicePolicy", "Endpoints"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    pub name: String,
+    /// `default` when omitted; always empty for the cluster-wide MeshConfig.
+    #[serde(
+        default = "default_namespace",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub namespace: String,
+}
+
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.to_string()
+}
+
+// === MeshConfig ===
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Wire<MeshConfigSpec>", into = "Wire<MeshConfigSpec>")]
+pub struct MeshConfig {
+    pub metadata: Metadata,
+    pub spec: MeshConfigSpec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    #[default]
+    Strict,
+    Permissive,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshConfigSpec {
+    pub mtls: MtlsMode,
+    pub tracing: TracingSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct TracingSpec {
+    /// Head-sampling probability, 0.0..=1.0.
+    pub sampling: f64,
+}
+
+impl Default for TracingSpec {
+    fn default() -> Self {
+        TracingSpec { sampling: 0.05 }
+    }
+}
+
+// === ServicePolicy ===
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Wire<ServicePolicySpec>", into = "Wire<ServicePolicySpec>")]
+pub struct ServicePolicy {
+    pub metadata: Metadata,
+    pub spec: ServicePolicySpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServicePolicySpec {
+    /// The callee this policy governs.
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bulkhead: Option<Bulkhead>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    /// First match wins; a route without `match` matches everything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Timeouts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Retries {
+    /// Retries after the first try (so 2 means up to 3 tries).
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on: Vec<RetryOn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RetryBudget>,
+    /// POST/PATCH are never retried unless true.
+    #[serde(default)]
+    pub non_idempotent: bool,
+}
+
+/// A retry condition. Written as `connect-failure`, `5xx`, … or a status code (`"503"` or `503`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryOn {
+    ConnectFailure,
+    RefusedStream,
+    Reset,
+    Unavailable,
+    /// Any 5xx status.
+    Status5xx,
+    /// 502, 503 and 504.
+    GatewayError,
+    /// One explicit status code, 100..=599.
+    Status(u16),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetryBudget {
+    /// Retries may add at most this percentage of the request rate…
+    pub percent: u32,
+    /// …plus this many retries per second.
+    #[serde(default)]
+    pub min_per_second: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<FailureRate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejection: Option<Ejection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FailureRate {
+    pub percent: u32,
+    pub min_requests: u32,
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Ejection {
+    pub base: Duration,
+    pub max: Duration,
+    pub max_percent: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Bulkhead {
+    pub max_concurrent: u32,
+    pub max_pending: u32,
+    pub pending_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimit {
+    pub requests_per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Fault {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultDelay {
+    pub percent: u32,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultAbort {
+    pub percent: u32,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Route {
+    pub name: String,
+    /// `None` matches every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#match: Option<RouteMatch>,
+    #[serde(default)]
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Exact-value matches; names are lowercase.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Backend {
+    pub service: String,
+    /// Relative weight; defaults to 1 so a single backend needs no weight.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Authorization {
+    pub mode: AuthzMode,
+    /// SPIFFE ids; `…/ns/shop/*` or `spiffe://td/*` allow a whole namespace or trust domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AuthzMode {
+    AllowList,
+    AllowAll,
+}
+
+// === Endpoints ===
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Wire<EndpointsSpec>", into = "Wire<EndpointsSpec>")]
+pub struct Endpoints {
+    pub metadata: Metadata,
+    pub spec: EndpointsSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EndpointsSpec {
+    #[serde(default, with = "crate::wire::socket_addrs")]
+    pub addresses: Vec<SocketAddr>,
+    /// Expected peer identity (SPIFFE id) for mTLS to these addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+}
+
+// === Document ===
+
+/// One YAML document of any kind. Serialises with `apiVersion` and `kind` like the input.
+// Unboxed on purpose: documents are few and built at config time, and plain variants keep
+// `Document::ServicePolicy(p)` patterns and construction simple for every caller.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Document {
+    MeshConfig(MeshConfig),
+    ServicePolicy(ServicePolicy),
+    Endpoints(Endpoints),
+}
+
+impl Document {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Document::MeshConfig(_) => "MeshConfig",
+            Document::ServicePolicy(_) => "ServicePolicy",
+            Document::Endpoints(_) => "Endpoints",
+        }
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        match self {
+            Document::MeshConfig(d) => &d.metadata,
+            Document::ServicePolicy(d) => &d.metadata,
+            Document::Endpoints(d) => &d.metadata,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.metadata().name
+    }
+
+    /// Empty for MeshConfig, which is cluster-wide.
+    pub fn namespace(&self) -> &str {
+        &self.metadata().namespace
+    }
+
+    /// `ServicePolicy shop/payments`, or `MeshConfig default` for cluster-wide kinds.
+    pub fn key(&self) -> String {
+        document_key(self.kind(), self.namespace(), self.name())
+    }
+}
+
+pub(crate) fn document_key(kind: &str, namespace: &str, name: &str) -> String {
+    if namespace.is_empty() {
+        format!("{kind} {name}")
+    } else {
+        format!("{kind} {namespace}/{name}")
+    }
+}
+
+impl Serialize for Document {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Document::MeshConfig(d) => d.serialize(serializer),
+            Document::ServicePolicy(d) => d.serialize(serializer),
+            Document::Endpoints(d) => d.serialize(serializer),
+        }
+    }
+}
+
+/// Shape-only: kind dispatch, types and unknown fields. Use [`crate::validate`] for the rules.
+impl<'de> Deserialize<'de> for Document {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Buffer once so `kind` can be read before choosing the type; any serde format works.
+        let value = serde_norway::Value::deserialize(deserializer)?;
+        let Some(kind) = value.get("kind").and_then(serde_norway::Value::as_str) else {
+            return Err(de::Error::missing_field("kind"));
+        };
+        let result = match kind {
+            "MeshConfig" => serde_norway::from_value(value).map(Document::MeshConfig),
+            "ServicePolicy" => serde_norway::from_value(value).map(Document::ServicePolicy),
+            "Endpoints" => serde_norway::from_value(value).map(Document::Endpoints),
+            other => return Err(de::Error::custom(unknown_kind(other))),
+        };
+        result.map_err(de::Error::custom)
+    }
+}
+
+pub(crate) fn unknown_kind(kind: &str) -> String {
+    format!(
+        "unknown kind {kind:?}; expected one of {}",
+        KINDS.join(", ")
+    )
+}
+
+// === impl RetryOn ===
+
+impl RetryOn {
+    const NAMED: [(&'static str, RetryOn); 6] = [
+        ("connect-failure", RetryOn::ConnectFailure),
+        ("refused-stream", RetryOn::RefusedStream),
+        ("reset", RetryOn::Reset),
+        ("unavailable", RetryOn::Unavailable),
+        ("5xx", RetryOn::Status5xx),
+        ("gateway-error", RetryOn::GatewayError),
+    ];
+
+    fn from_status(code: u64) -> Result<Self, String> {
+        match u16::try_from(code) {
+            Ok(code @ 100..=599) => Ok(RetryOn::Status(code)),
+            _ => Err(format!("status code must be 100..=599, got {code}")),
+        }
+    }
+}
+
+impl fmt::Display for RetryOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let RetryOn::Status(code) = self {
+            return write!(f, "{code}");
+        }
+        let name = RetryOn::NAMED
+            .iter()
+            .find(|(_, v)| v == self)
+            .map_or("?", |(n, _)| n);
+        f.write_str(name)
+    }
+}
+
+impl Serialize for RetryOn {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Status codes stay strings, as in the design example (`"503"`).
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RetryOn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RetryOnVisitor;
+
+        impl Visitor<'_> for RetryOnVisitor {
+            type Value = RetryOn;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a retry condition (")?;
+                for (name, _) in RetryOn::NAMED {
+                    write!(f, "{name}, ")?;
+                }
+                f.write_str("or a status code such as 503)")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RetryOn, E> {
+                if let Some((_, on)) = RetryOn::NAMED.iter().find(|(name, _)| *name == v) {
+                    return Ok(*on);
+                }
+                match v.parse::<u64>() {
+                    Ok(code) => RetryOn::from_status(code).map_err(E::custom),
+                    Err(_) => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                }
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RetryOn, E> {
+                RetryOn::from_status(v).map_err(E::custom)
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RetryOn, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!("status code must be 100..=599, got {v}"))),
+                }
+            }
+        }
+
+        deserializer.deserialize_any(RetryOnVisitor)
+    }
+}

@@ -1,0 +1,84 @@
+//! Command-line flags. Every flag also reads `WEIR_<FLAG>`; a flag on the command line wins.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::outbound::PeerProtocol;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weir-proxy",
+    version,
+    about = "Weir sidecar proxy: carries a service's inbound and outbound traffic",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy (the default when no subcommand is given).
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Name of the service this proxy runs next to (required).
+    #[arg(long, env = "WEIR_SERVICE")]
+    pub service: Option<String>,
+
+    /// Namespace of the service; short names like `payments` resolve in it.
+    #[arg(long, env = "WEIR_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    /// Service account (identity) of the service; defaults to the service name.
+    #[arg(long, env = "WEIR_SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+
+    /// Where the app's outbound calls arrive (explicitly or redirected by iptables).
+    #[arg(long, env = "WEIR_OUTBOUND_ADDR", default_value = "127.0.0.1:4140")]
+    pub outbound_addr: SocketAddr,
+
+    /// Where other proxies connect to reach this service.
+    #[arg(long, env = "WEIR_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
+    pub inbound_addr: SocketAddr,
+
+    /// Admin listener: /live /ready /metrics /config, POST /shutdown.
+    #[arg(long, env = "WEIR_ADMIN_ADDR", default_value = "127.0.0.1:4191")]
+    pub admin_addr: SocketAddr,
+
+    /// Where inbound traffic is delivered: the application's own listener.
+    #[arg(long, env = "WEIR_APP_ADDR", default_value = "127.0.0.1:8080")]
+    pub app_addr: SocketAddr,
+
+    /// Policy file or folder (YAML, design §6); repeatable. SIGHUP re-reads them.
+    #[arg(long = "config", env = "WEIR_CONFIG", value_delimiter = ',')]
+    pub config: Vec<PathBuf>,
+
+    /// How long SIGTERM waits for requests in flight before exiting.
+    #[arg(long, env = "WEIR_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Data-plane worker threads (a sidecar usually needs one).
+    #[arg(long, env = "WEIR_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+
+    /// How HTTP/1 requests travel between proxies.
+    #[arg(long, env = "WEIR_PEER_PROTOCOL", value_enum, default_value = "h2")]
+    pub peer_protocol: PeerProtocol,
+
+    /// How long to wait for a client's first bytes before treating the connection as opaque
+    /// TCP (server-speaks-first protocols).
+    #[arg(long, env = "WEIR_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    weir_policy::duration::parse(s)
+}

@@ -1,0 +1,350 @@
+//! The config snapshot: policy documents compiled into immutable lookup tables, swapped in whole
+//! with `arc-swap`. A request loads the snapshot once and keeps that `Arc` to the end, so a swap
+//! never changes the rules under a request in flight.
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use weir_policy::{Document, MtlsMode};
+
+use crate::client::h2::H2Slot;
+use crate::metrics::{Direction, Metrics, TrafficMetrics};
+
+/// Who this proxy is; used to resolve short service names (`echo` means `echo.<own namespace>`).
+#[derive(Debug, Clone)]
+pub struct LocalIdentity {
+    pub service: String,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+/// One address of a mesh service: another proxy's inbound listener.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub h2: Arc<H2Slot>,
+}
+
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Expected SPIFFE identity of the endpoints, checked once mTLS lands.
+    pub identity: Option<String>,
+    pub metrics: Arc<TrafficMetrics>,
+    next: AtomicUsize,
+}
+
+impl Service {
+    /// Round robin; the resilience work replaces this with P2C over peak EWMA.
+    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
+        match self.endpoints.len() {
+            0 => None,
+            1 => self.endpoints.first(),
+            n => self.endpoints.get(self.next.fetch_add(1, Relaxed) % n),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub mtls: MtlsMode,
+    pub documents: Vec<Document>,
+    /// Every accepted spelling of every service's name (`echo`, `echo.ns`, `echo.ns.svc`,
+    /// `echo.ns.svc.cluster.local`), so resolving a Host is one hash lookup.
+    by_authority: HashMap<Box<str>, Arc<Service>>,
+    /// Endpoint IPs, for connections redirected by iptables (SO_ORIGINAL_DST).
+    by_ip: HashMap<IpAddr, Arc<Service>>,
+    services: Vec<Arc<Service>>,
+}
+
+impl Snapshot {
+    /// The mesh service a `Host`/`:authority` value names, if any. The port is ignored: a
+    /// service is addressed by name, its endpoints say where it listens.
+    pub fn service_for_authority(&self, authority: &str) -> Option<&Arc<Service>> {
+        let host = strip_port(authority);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return self.by_ip.get(&ip);
+        }
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.by_authority.get(host.to_ascii_lowercase().as_str());
+        }
+        self.by_authority.get(host)
+    }
+
+    pub fn service_for_ip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
+        self.by_ip.get(&ip)
+    }
+}
+
+/// `host:port`, `[v6]:port`, `host` → the host part.
+fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        // A bare IPv6 address has more than one colon and no brackets: leave it whole.
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// Holds the snapshot in force and builds new ones.
+pub struct ConfigStore {
+    current: ArcSwap<Snapshot>,
+    local: LocalIdentity,
+    metrics: Arc<Metrics>,
+    /// Endpoints outlive snapshots while any snapshot references them, so a reload that keeps an
+    /// address keeps its pooled connection.
+    endpoints: Mutex<HashMap<SocketAddr, Weak<Endpoint>>>,
+    next_version: AtomicU64,
+    pub files: Vec<PathBuf>,
+}
+
+impl ConfigStore {
+    pub fn new(local: LocalIdentity, metrics: Arc<Metrics>, files: Vec<PathBuf>) -> Self {
+        let empty = Snapshot {
+            version: 0,
+            mtls: MtlsMode::Strict,
+            documents: Vec::new(),
+            by_authority: HashMap::new(),
+            by_ip: HashMap::new(),
+            services: Vec::new(),
+        };
+        ConfigStore {
+            current: ArcSwap::from_pointee(empty),
+            local,
+            metrics,
+            endpoints: Mutex::new(HashMap::new()),
+            next_version: AtomicU64::new(1),
+            files,
+        }
+    }
+
+    pub fn local(&self) -> &LocalIdentity {
+        &self.local
+    }
+
+    /// The snapshot in force; hold the `Arc` for the whole request.
+    #[inline]
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Reads the `--config` files and swaps in the result. On any error the snapshot in force
+    /// stays, and every error is returned.
+    pub fn reload_files(&self) -> Result<u64, weir_policy::Errors> {
+        match weir_policy::load_paths(&self.files) {
+            Ok(docs) => {
+                self.metrics.reloads_ok.fetch_add(1, Relaxed);
+                Ok(self.install(docs))
+            }
+            Err(e) => {
+                self.metrics.reloads_error.fetch_add(1, Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Compiles validated documents and swaps them in; returns the new version.
+    pub fn install(&self, documents: Vec<Document>) -> u64 {
+        let version = self.next_version.fetch_add(1, Relaxed);
+        let snapshot = self.compile(version, documents);
+        self.current.store(Arc::new(snapshot));
+        self.metrics.config_version.store(version, Relaxed);
+        version
+    }
+
+    fn compile(&self, version: u64, documents: Vec<Document>) -> Snapshot {
+        let mut mtls = MtlsMode::Strict;
+        // Services come into being from Endpoints or ServicePolicy documents; a policy without
+        // endpoints still makes the name a mesh service (answered with `no-endpoints`).
+        let mut defs: HashMap<(String, String), (Vec<SocketAddr>, Option<String>)> = HashMap::new();
+        for doc in &documents {
+            match doc {
+                Document::MeshConfig(m) => mtls = m.spec.mtls,
+                Document::Endpoints(e) => {
+                    let def = defs
+                        .entry((e.metadata.name.clone(), e.metadata.namespace.clone()))
+                        .or_default();
+                    def.0.extend(e.spec.addresses.iter().copied());
+                    def.1.clone_from(&e.spec.identity);
+                }
+                Document::ServicePolicy(p) => {
+                    defs.entry((p.spec.service.clone(), p.metadata.namespace.clone()))
+                        .or_default();
+                }
+            }
+        }
+
+        let mut pool = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        pool.retain(|_, w| w.strong_count() > 0);
+        let mut by_authority = HashMap::new();
+        let mut by_ip = HashMap::new();
+        let mut services = Vec::new();
+        let mut keys: Vec<_> = defs.into_iter().collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((name, namespace), (addrs, identity)) in keys {
+            let endpoints: Vec<Arc<Endpoint>> = addrs
+                .iter()
+                .map(|&addr| {
+                    if let Some(ep) = pool.get(&addr).and_then(Weak::upgrade) {
+                        return ep;
+                    }
+                    let ep = Arc::new(Endpoint { addr, h2: H2Slot::new(addr) });
+                    pool.insert(addr, Arc::downgrade(&ep));
+                    ep
+                })
+                .collect();
+            let svc = Arc::new(Service {
+                metrics: self.metrics.traffic(Direction::Outbound, &name, Some(&namespace)),
+                name: name.clone(),
+                namespace: namespace.clone(),
+                endpoints,
+                identity,
+                next: AtomicUsize::new(0),
+            });
+            for ep in &svc.endpoints {
+                by_ip.insert(ep.addr.ip(), svc.clone());
+            }
+            if namespace == self.local.namespace {
+                by_authority.insert(name.clone().into_boxed_str(), svc.clone());
+            }
+            for suffix in ["", ".svc", ".svc.cluster.local"] {
+                let alias = format!("{name}.{namespace}{suffix}");
+                by_authority.insert(alias.into_boxed_str(), svc.clone());
+            }
+            services.push(svc);
+        }
+
+        Snapshot { version, mtls, documents, by_authority, by_ip, services }
+    }
+}
+
+// === impl Snapshot as JSON (admin /config) ===
+
+#[derive(Serialize)]
+struct ServiceView<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    endpoints: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identity: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct LocalView<'a> {
+    service: &'a str,
+    namespace: &'a str,
+    service_account: &'a str,
+}
+
+#[derive(Serialize)]
+struct SnapshotView<'a> {
+    version: u64,
+    proxy: LocalView<'a>,
+    mtls: MtlsMode,
+    services: Vec<ServiceView<'a>>,
+    documents: &'a [Document],
+}
+
+impl Snapshot {
+    pub fn to_json(&self, local: &LocalIdentity) -> String {
+        let view = SnapshotView {
+            version: self.version,
+            proxy: LocalView {
+                service: &local.service,
+                namespace: &local.namespace,
+                service_account: &local.service_account,
+            },
+            mtls: self.mtls,
+            services: self
+                .services
+                .iter()
+                .map(|s| ServiceView {
+                    name: &s.name,
+                    namespace: &s.namespace,
+                    endpoints: s.endpoints.iter().map(|e| e.addr.to_string()).collect(),
+                    identity: s.identity.as_deref(),
+                })
+                .collect(),
+            documents: &self.documents,
+        };
+        serde_json::to_string_pretty(&view).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> ConfigStore {
+        let local = LocalIdentity {
+            service: "orders".into(),
+            namespace: "shop".into(),
+            service_account: "orders".into(),
+        };
+        ConfigStore::new(local, Arc::new(Metrics::default()), Vec::new())
+    }
+
+    const DOCS: &str = "apiVersion: weir/v1\nkind: Endpoints\nmetadata: { name: payments, namespace: shop }\nspec: { addresses: [\"10.0.3.7:4143\", \"10.0.3.8:4143\"] }\n---\napiVersion: weir/v1\nkind: Endpoints\nmetadata: { name: users, namespace: auth }\nspec: { addresses: [\"10.0.4.1:4143\"] }\n";
+
+    #[test]
+    fn resolves_every_spelling_of_a_service() {
+        let s = store();
+        s.install(weir_policy::parse_str("t.yaml", DOCS).expect("valid"));
+        let snap = s.load();
+        for host in [
+            "payments",
+            "payments:8080",
+            "payments.shop",
+            "payments.shop.svc",
+            "PAYMENTS.shop.svc.cluster.local",
+            "payments.shop.svc.cluster.local.:80",
+            "10.0.3.8:9999",
+        ] {
+            let svc = snap.service_for_authority(host).unwrap_or_else(|| panic!("{host}"));
+            assert_eq!(svc.name, "payments", "{host}");
+        }
+        // Short names resolve only in the proxy's own namespace, like Kubernetes DNS.
+        assert!(snap.service_for_authority("users").is_none());
+        assert_eq!(snap.service_for_authority("users.auth").map(|s| s.name.as_str()), Some("users"));
+        assert!(snap.service_for_authority("example.com").is_none());
+        assert!(snap.service_for_authority("[::1]:80").is_none());
+    }
+
+    #[test]
+    fn reload_keeps_endpoints_that_stay() {
+        let s = store();
+        s.install(weir_policy::parse_str("t.yaml", DOCS).expect("valid"));
+        let before = s.load();
+        let v2 = s.install(weir_policy::parse_str("t.yaml", DOCS).expect("valid"));
+        let after = s.load();
+        assert_eq!(after.version, v2);
+        let a = before.service_for_authority("payments").and_then(|s| s.pick()).map(|e| e.addr);
+        let ep_before = &before.service_for_authority("payments").expect("svc").endpoints[0];
+        let ep_after = &after.service_for_authority("payments").expect("svc").endpoints[0];
+        assert!(Arc::ptr_eq(ep_before, ep_after), "pooled endpoint reused across reloads");
+        assert!(a.is_some());
+    }
+
+    #[test]
+    fn round_robin_spreads() {
+        let s = store();
+        s.install(weir_policy::parse_str("t.yaml", DOCS).expect("valid"));
+        let snap = s.load();
+        let svc = snap.service_for_authority("payments").expect("svc");
+        let picks: Vec<_> = (0..4).filter_map(|_| svc.pick().map(|e| e.addr.port())).collect();
+        assert_eq!(picks.len(), 4);
+        let a = svc.pick().map(|e| e.addr);
+        let b = svc.pick().map(|e| e.addr);
+        assert_ne!(a, b);
+    }
+}

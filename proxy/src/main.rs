@@ -1,0 +1,182 @@
+//! `weir-proxy`: Weir's sidecar.
+mod admin;
+mod args;
+mod body;
+mod client;
+mod config;
+mod detect;
+mod drain;
+mod errors;
+mod headers;
+mod inbound;
+mod metrics;
+mod orig_dst;
+mod outbound;
+mod server;
+mod tcp;
+mod upgrade;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use weir_policy::MtlsMode;
+
+use crate::args::{Cli, Command, RunArgs};
+use crate::config::{ConfigStore, LocalIdentity};
+use crate::drain::Drain;
+use crate::metrics::Metrics;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Run(a)) => a,
+        None => cli.run,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers.max(1))
+        .thread_name("weir-proxy")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let Some(service) = args.service.clone() else {
+        bail!("--service is required (or WEIR_SERVICE): the name of the service this proxy runs next to");
+    };
+    let local = LocalIdentity {
+        service_account: args.service_account.clone().unwrap_or_else(|| service.clone()),
+        service,
+        namespace: args.namespace.clone(),
+    };
+    let metrics = Arc::new(Metrics::default());
+    let config = Arc::new(ConfigStore::new(local, metrics.clone(), args.config.clone()));
+    if !args.config.is_empty() {
+        // A sidecar that starts with a config it cannot read would route wrongly; refuse to start.
+        config
+            .reload_files()
+            .map_err(|e| anyhow::anyhow!("invalid --config; nothing was started:\n{e}"))?;
+    }
+    warn_if_strict_without_identity(&config);
+
+    let bind = |addr, what: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind the {what} listener on {addr}"))
+    };
+    let outbound_listener = bind(args.outbound_addr, "outbound").await?;
+    let inbound_listener = bind(args.inbound_addr, "inbound").await?;
+    let admin_listener = bind(args.admin_addr, "admin").await?;
+
+    let drain = Drain::default();
+    let admin = Arc::new(admin::Admin {
+        config: config.clone(),
+        metrics: metrics.clone(),
+        ready: Default::default(),
+        drain: drain.clone(),
+    });
+    tokio::spawn(admin.clone().serve(admin_listener));
+    let outbound = outbound::Outbound::new(
+        config.clone(),
+        metrics.clone(),
+        args.peer_protocol,
+        args.detect_timeout,
+        drain.clone(),
+    );
+    let inbound = inbound::Inbound::new(
+        config.clone(),
+        metrics.clone(),
+        args.app_addr,
+        args.detect_timeout,
+        drain.clone(),
+    );
+    let outbound_task = tokio::spawn(outbound.serve(outbound_listener));
+    let inbound_task = tokio::spawn(inbound.serve(inbound_listener));
+    admin.ready.store(true, Ordering::Release);
+    tracing::info!(
+        outbound = %args.outbound_addr,
+        inbound = %args.inbound_addr,
+        admin = %args.admin_addr,
+        app = %args.app_addr,
+        config_version = config.load().version,
+        "weir-proxy ready"
+    );
+
+    let mut hup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&config),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            () = drain.signaled() => break,
+        }
+    }
+
+    tracing::info!(timeout = ?args.drain_timeout, "draining: no new connections, finishing requests in flight");
+    let finished = drain.drain(args.drain_timeout).await;
+    // The accept loops have returned by now; their listeners are closed.
+    let _ = tokio::join!(outbound_task, inbound_task);
+    if finished {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!("drain timeout reached with connections still open; exiting");
+    }
+    Ok(())
+}
+
+fn reload(config: &ConfigStore) {
+    if config.files.is_empty() {
+        tracing::info!("SIGHUP: no --config files to reload");
+        return;
+    }
+    match config.reload_files() {
+        Ok(version) => {
+            tracing::info!(version, "config reloaded");
+            warn_if_strict_without_identity(config);
+        }
+        Err(errors) => {
+            let version = config.load().version;
+            for e in &errors.0 {
+                tracing::error!(error = %e, "config rejected");
+            }
+            tracing::error!(version, "config reload failed; the previous config stays in force");
+        }
+    }
+}
+
+fn warn_if_strict_without_identity(config: &ConfigStore) {
+    if config.load().mtls == MtlsMode::Strict {
+        tracing::warn!(
+            "MeshConfig mtls is strict (the default) but this proxy has no identity yet: mesh \
+             traffic and inbound connections will be refused. Set `mtls: permissive` in a MeshConfig \
+             to run standalone proxies in plaintext."
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! The caller's side: the app's outbound calls arrive here (explicitly, or redirected by
+//! iptables), get resolved to a mesh service or passed through, and are forwarded.
+mod mesh;
+mod passthrough;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::body::ProxyBody;
+use crate::client::http1::{DirectClient, direct_client, direct_h2_client};
+use crate::config::ConfigStore;
+use crate::detect::{self, Detected};
+use crate::drain::Drain;
+use crate::errors::ProxyError;
+use crate::headers;
+use crate::metrics::{Direction, Metrics, Protocol, TrafficMetrics};
+use crate::server::Servers;
+
+/// How HTTP/1 requests travel between proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeerProtocol {
+    /// Multiplexed over one HTTP/2 connection per endpoint, restored to HTTP/1.1 at the far side.
+    H2,
+    /// Over pooled HTTP/1.1 connections, as the app sent them.
+    Http1,
+}
+
+pub struct Outbound {
+    config: Arc<ConfigStore>,
+    metrics: Arc<Metrics>,
+    passthrough: Arc<TrafficMetrics>,
+    direct: DirectClient,
+    direct_h2: DirectClient,
+    peer_protocol: PeerProtocol,
+    detect_timeout: Duration,
+    servers: Servers,
+    drain: Drain,
+}
+
+impl Outbound {
+    pub fn new(
+        config: Arc<ConfigStore>,
+        metrics: Arc<Metrics>,
+        peer_protocol: PeerProtocol,
+        detect_timeout: Duration,
+        drain: Drain,
+    ) -> Arc<Self> {
+        Arc::new(Outbound {
+            passthrough: metrics.traffic(Direction::Outbound, "passthrough", None),
+            config,
+            metrics,
+            direct: direct_client(),
+            direct_h2: direct_h2_client(),
+            peer_protocol,
+            detect_timeout,
+            servers: Servers::new(),
+            drain,
+        })
+    }
+
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        crate::server::accept_loop(listener, &self.drain.clone(), move |stream| {
+            let this = self.clone();
+            async move { this.connection(stream).await }
+        })
+        .await
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream) {
+        let _open = self.metrics.outbound_connections.open();
+        let orig_dst = crate::orig_dst::original_dst(&stream);
+        let detected = match detect::detect(&stream, self.detect_timeout).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "outbound detect failed");
+                return;
+            }
+        };
+        let conns = &self.metrics.outbound_connections;
+        match detected {
+            Detected::Http1 | Detected::H2 => {
+                let h2 = detected == Detected::H2;
+                conns.protocol(if h2 { Protocol::H2 } else { Protocol::Http1 });
+                let this = self.clone();
+                let svc = service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.proxy(req, orig_dst).await) }
+                });
+                let io = TokioIo::new(stream);
+                if h2 {
+                    self.drain.serve(self.servers.h2.serve_connection(io, svc)).await;
+                } else {
+                    let conn = self.servers.http1.serve_connection(io, svc).with_upgrades();
+                    self.drain.serve(conn).await;
+                }
+            }
+            Detected::Opaque | Detected::Preamble => {
+                conns.protocol(Protocol::Opaque);
+                self.opaque(stream, orig_dst).await;
+            }
+            Detected::Closed => {}
+        }
+    }
+
+    async fn proxy(&self, req: Request<Incoming>, orig_dst: Option<SocketAddr>) -> Response<ProxyBody> {
+        if req.method() == Method::CONNECT {
+            return self.tunnel(req).await.unwrap_or_else(ProxyError::response);
+        }
+        let snapshot = self.config.load();
+        let service = headers::authority(&req)
+            .and_then(|a| snapshot.service_for_authority(a))
+            .or_else(|| orig_dst.and_then(|d| snapshot.service_for_ip(d.ip())));
+        match service {
+            Some(svc) => self.to_mesh(&snapshot, svc, req).await,
+            None => self.to_passthrough(req, orig_dst).await,
+        }
+    }
+
+    /// Non-HTTP traffic. Only iptables-redirected connections have a destination.
+    async fn opaque(&self, mut stream: TcpStream, orig_dst: Option<SocketAddr>) {
+        let Some(dst) = orig_dst else {
+            tracing::debug!("non-HTTP connection to the outbound port without an original destination; closing");
+            return;
+        };
+        let snapshot = self.config.load();
+        let result = match snapshot.service_for_ip(dst.ip()) {
+            Some(svc) => {
+                if !mesh::plaintext_allowed(&snapshot) {
+                    tracing::debug!(%dst, "opaque connection to a mesh service refused: mtls is strict and this proxy has no identity");
+                    return;
+                }
+                let Some(ep) = svc.pick() else { return };
+                match crate::client::connect(ep.addr).await {
+                    Ok(mut up) => {
+                        let preamble = detect::preamble(dst.port());
+                        crate::tcp::splice_with_preamble(&mut stream, &mut up, &preamble).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            None => match crate::client::connect(dst).await {
+                Ok(mut up) => crate::tcp::splice(&mut stream, &mut up).await,
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = result {
+            tracing::debug!(%dst, error = %e, "opaque connection ended with an error");
+        }
+    }
+
+    /// `CONNECT host:port`: an opaque tunnel, through the mesh when the host is a mesh service.
+    async fn tunnel(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let authority = req.uri().authority().cloned().ok_or(ProxyError::BadRequest)?;
+        let snapshot = self.config.load();
+        let (addr, preamble) = match snapshot.service_for_authority(authority.as_str()) {
+            Some(svc) => {
+                if !mesh::plaintext_allowed(&snapshot) {
+                    return Err(ProxyError::NoIdentity);
+                }
+                let ep = svc.pick().ok_or(ProxyError::NoEndpoints)?;
+                (ep.addr, Some(detect::preamble(0)))
+            }
+            None => {
+                let mut addrs = tokio::net::lookup_host(authority.as_str())
+                    .await
+                    .map_err(|_| ProxyError::ConnectFailure)?;
+                (addrs.next().ok_or(ProxyError::ConnectFailure)?, None)
+            }
+        };
+        let mut upstream = crate::client::connect(addr)
+            .await
+            .map_err(|_| ProxyError::ConnectFailure)?;
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        self.drain.spawn(async move {
+            let down = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "CONNECT upgrade failed");
+                    return;
+                }
+            };
+            let mut down = TokioIo::new(down);
+            let r = match preamble {
+                Some(p) => crate::tcp::splice_with_preamble(&mut down, &mut upstream, &p).await,
+                None => crate::tcp::splice(&mut down, &mut upstream).await,
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "tunnel ended with an error");
+            }
+        });
+        let mut rsp = Response::new(ProxyBody::empty());
+        *rsp.status_mut() = StatusCode::OK;
+        Ok(rsp)
+    }
+}

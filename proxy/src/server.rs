@@ -1,0 +1,70 @@
+//! What the inbound and outbound listeners share: hyper server settings and the accept loop.
+use std::future::Future;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::drain::Drain;
+
+/// Per-stream and per-connection HTTP/2 receive windows (see client::h2 for the reasoning).
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+pub struct Servers {
+    pub http1: http1::Builder,
+    pub h2: http2::Builder<TokioExecutor>,
+}
+
+impl Servers {
+    pub fn new() -> Self {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            // Slow-loris guard: a client gets this long to send a request head.
+            .header_read_timeout(Duration::from_secs(30))
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_concurrent_streams(1024)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        Servers { http1: h1, h2 }
+    }
+}
+
+impl Default for Servers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Accepts until the drain starts, running each connection as a drain-tracked task. The
+/// listener is dropped on return, so new connections are refused while old ones finish.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, drain: &Drain, handle: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            biased;
+            () = drain.signaled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "set TCP_NODELAY");
+                    }
+                    drain.spawn(handle(stream));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
