@@ -44,7 +44,10 @@ impl Admin {
                     let this = this.clone();
                     async move { Ok::<_, Infallible>(this.handle(req, peer)) }
                 });
-                if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+                if let Err(e) = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
                     tracing::debug!(error = %e, "admin connection ended with an error");
                 }
             });
@@ -72,23 +75,32 @@ impl Admin {
                 rsp
             }
             (&Method::GET, "/config") => {
-                let mut rsp = text(StatusCode::OK, self.config.load().to_json(self.config.local()));
-                rsp.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                let mut rsp = text(
+                    StatusCode::OK,
+                    self.config.load().to_json(self.config.local()),
+                );
+                rsp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 rsp
             }
             (&Method::POST, "/shutdown") => {
                 // The admin port may be bound wide for scraping; shutting down stays local.
                 if !peer.ip().is_loopback() {
-                    return text(StatusCode::FORBIDDEN, "shutdown is only accepted from loopback\n".into());
+                    return text(
+                        StatusCode::FORBIDDEN,
+                        "shutdown is only accepted from loopback\n".into(),
+                    );
                 }
                 tracing::info!("shutdown requested through the admin endpoint");
                 self.drain.start();
                 text(StatusCode::OK, "draining\n".into())
             }
-            (_, "/live" | "/ready" | "/metrics" | "/config" | "/shutdown") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into())
-            }
+            (_, "/live" | "/ready" | "/metrics" | "/config" | "/shutdown") => text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n".into(),
+            ),
             _ => text(
                 StatusCode::NOT_FOUND,
                 "not found; try /live /ready /metrics /config or POST /shutdown\n".into(),

@@ -59,7 +59,11 @@ pub struct Snapshot {
     /// Every accepted spelling of every service's name (`echo`, `echo.ns`, `echo.ns.svc`,
     /// `echo.ns.svc.cluster.local`), so resolving a Host is one hash lookup.
     by_authority: HashMap<Box<str>, Arc<Service>>,
-    /// Endpoint IPs, for connections redirected by iptables (SO_ORIGINAL_DST).
+    /// Exact endpoint addresses, for authorities written as `ip:port`.
+    by_addr: HashMap<SocketAddr, Arc<Service>>,
+    /// Endpoint IPs, for connections redirected by iptables (SO_ORIGINAL_DST): the app dialled
+    /// the pod's app port, the endpoint lists the pod's proxy port. Loopback IPs are left out:
+    /// they identify no pod.
     by_ip: HashMap<IpAddr, Arc<Service>>,
     services: Vec<Arc<Service>>,
 }
@@ -70,8 +74,11 @@ impl Snapshot {
     pub fn service_for_authority(&self, authority: &str) -> Option<&Arc<Service>> {
         let host = strip_port(authority);
         let host = host.strip_suffix('.').unwrap_or(host);
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            return self.by_ip.get(&ip);
+        if host.parse::<IpAddr>().is_ok() {
+            return authority
+                .parse::<SocketAddr>()
+                .ok()
+                .and_then(|a| self.by_addr.get(&a));
         }
         if host.bytes().any(|b| b.is_ascii_uppercase()) {
             return self.by_authority.get(host.to_ascii_lowercase().as_str());
@@ -79,8 +86,9 @@ impl Snapshot {
         self.by_authority.get(host)
     }
 
-    pub fn service_for_ip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
-        self.by_ip.get(&ip)
+    /// The mesh service behind a redirected connection's original destination.
+    pub fn service_for_original_dst(&self, dst: SocketAddr) -> Option<&Arc<Service>> {
+        self.by_addr.get(&dst).or_else(|| self.by_ip.get(&dst.ip()))
     }
 }
 
@@ -91,7 +99,9 @@ fn strip_port(authority: &str) -> &str {
     }
     match authority.rsplit_once(':') {
         // A bare IPv6 address has more than one colon and no brackets: leave it whole.
-        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
         _ => authority,
     }
 }
@@ -115,6 +125,7 @@ impl ConfigStore {
             mtls: MtlsMode::Strict,
             documents: Vec::new(),
             by_authority: HashMap::new(),
+            by_addr: HashMap::new(),
             by_ip: HashMap::new(),
             services: Vec::new(),
         };
@@ -187,6 +198,7 @@ impl ConfigStore {
         let mut pool = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         pool.retain(|_, w| w.strong_count() > 0);
         let mut by_authority = HashMap::new();
+        let mut by_addr = HashMap::new();
         let mut by_ip = HashMap::new();
         let mut services = Vec::new();
         let mut keys: Vec<_> = defs.into_iter().collect();
@@ -198,13 +210,18 @@ impl ConfigStore {
                     if let Some(ep) = pool.get(&addr).and_then(Weak::upgrade) {
                         return ep;
                     }
-                    let ep = Arc::new(Endpoint { addr, h2: H2Slot::new(addr) });
+                    let ep = Arc::new(Endpoint {
+                        addr,
+                        h2: H2Slot::new(addr),
+                    });
                     pool.insert(addr, Arc::downgrade(&ep));
                     ep
                 })
                 .collect();
             let svc = Arc::new(Service {
-                metrics: self.metrics.traffic(Direction::Outbound, &name, Some(&namespace)),
+                metrics: self
+                    .metrics
+                    .traffic(Direction::Outbound, &name, Some(&namespace)),
                 name: name.clone(),
                 namespace: namespace.clone(),
                 endpoints,
@@ -212,7 +229,10 @@ impl ConfigStore {
                 next: AtomicUsize::new(0),
             });
             for ep in &svc.endpoints {
-                by_ip.insert(ep.addr.ip(), svc.clone());
+                by_addr.insert(ep.addr, svc.clone());
+                if !ep.addr.ip().is_loopback() {
+                    by_ip.insert(ep.addr.ip(), svc.clone());
+                }
             }
             if namespace == self.local.namespace {
                 by_authority.insert(name.clone().into_boxed_str(), svc.clone());
@@ -224,7 +244,15 @@ impl ConfigStore {
             services.push(svc);
         }
 
-        Snapshot { version, mtls, documents, by_authority, by_ip, services }
+        Snapshot {
+            version,
+            mtls,
+            documents,
+            by_authority,
+            by_addr,
+            by_ip,
+            services,
+        }
     }
 }
 
@@ -308,16 +336,30 @@ mod tests {
             "payments.shop.svc",
             "PAYMENTS.shop.svc.cluster.local",
             "payments.shop.svc.cluster.local.:80",
-            "10.0.3.8:9999",
+            "10.0.3.8:4143",
         ] {
-            let svc = snap.service_for_authority(host).unwrap_or_else(|| panic!("{host}"));
+            let svc = snap
+                .service_for_authority(host)
+                .unwrap_or_else(|| panic!("{host}"));
             assert_eq!(svc.name, "payments", "{host}");
         }
         // Short names resolve only in the proxy's own namespace, like Kubernetes DNS.
         assert!(snap.service_for_authority("users").is_none());
-        assert_eq!(snap.service_for_authority("users.auth").map(|s| s.name.as_str()), Some("users"));
+        assert_eq!(
+            snap.service_for_authority("users.auth")
+                .map(|s| s.name.as_str()),
+            Some("users")
+        );
         assert!(snap.service_for_authority("example.com").is_none());
         assert!(snap.service_for_authority("[::1]:80").is_none());
+        // An IP literal names a service only at an endpoint's exact address...
+        assert!(snap.service_for_authority("10.0.3.8:9999").is_none());
+        // ...while a redirected connection to any port of an endpoint's IP belongs to it.
+        let dst: SocketAddr = "10.0.3.8:9999".parse().expect("addr");
+        assert_eq!(
+            snap.service_for_original_dst(dst).map(|s| s.name.as_str()),
+            Some("payments")
+        );
     }
 
     #[test]
@@ -328,10 +370,22 @@ mod tests {
         let v2 = s.install(weir_policy::parse_str("t.yaml", DOCS).expect("valid"));
         let after = s.load();
         assert_eq!(after.version, v2);
-        let a = before.service_for_authority("payments").and_then(|s| s.pick()).map(|e| e.addr);
-        let ep_before = &before.service_for_authority("payments").expect("svc").endpoints[0];
-        let ep_after = &after.service_for_authority("payments").expect("svc").endpoints[0];
-        assert!(Arc::ptr_eq(ep_before, ep_after), "pooled endpoint reused across reloads");
+        let a = before
+            .service_for_authority("payments")
+            .and_then(|s| s.pick())
+            .map(|e| e.addr);
+        let ep_before = &before
+            .service_for_authority("payments")
+            .expect("svc")
+            .endpoints[0];
+        let ep_after = &after
+            .service_for_authority("payments")
+            .expect("svc")
+            .endpoints[0];
+        assert!(
+            Arc::ptr_eq(ep_before, ep_after),
+            "pooled endpoint reused across reloads"
+        );
         assert!(a.is_some());
     }
 
@@ -341,7 +395,9 @@ mod tests {
         s.install(weir_policy::parse_str("t.yaml", DOCS).expect("valid"));
         let snap = s.load();
         let svc = snap.service_for_authority("payments").expect("svc");
-        let picks: Vec<_> = (0..4).filter_map(|_| svc.pick().map(|e| e.addr.port())).collect();
+        let picks: Vec<_> = (0..4)
+            .filter_map(|_| svc.pick().map(|e| e.addr.port()))
+            .collect();
         assert_eq!(picks.len(), 4);
         let a = svc.pick().map(|e| e.addr);
         let b = svc.pick().map(|e| e.addr);

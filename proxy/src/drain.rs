@@ -44,7 +44,9 @@ impl Drain {
     pub async fn drain(&self, timeout: Duration) -> bool {
         self.start();
         self.tasks.close();
-        tokio::time::timeout(timeout, self.tasks.wait()).await.is_ok()
+        tokio::time::timeout(timeout, self.tasks.wait())
+            .await
+            .is_ok()
     }
 
     /// Drives a hyper server connection; when the drain starts, finishes the requests in flight

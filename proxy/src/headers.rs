@@ -44,7 +44,10 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
             .headers()
             .get(header::CONNECTION)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// The authority a request is addressed to: the URI's (absolute form, HTTP/2) or the Host header.
@@ -52,7 +55,9 @@ pub fn authority<B>(req: &Request<B>) -> Option<&str> {
     if let Some(a) = req.uri().authority() {
         return Some(a.as_str());
     }
-    req.headers().get(header::HOST).and_then(|h| h.to_str().ok())
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
 }
 
 #[cfg(test)]
@@ -62,17 +67,26 @@ mod tests {
     #[test]
     fn strips_connection_listed_and_hop_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-foo"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-foo"),
+        );
         h.insert("x-foo", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-foo").is_none());
         assert!(h.get("keep-alive").is_none());
         assert!(h.get(header::TRANSFER_ENCODING).is_none());
-        assert_eq!(h.get(header::TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+        assert_eq!(
+            h.get(header::TE).map(|v| v.as_bytes()),
+            Some(&b"trailers"[..])
+        );
         assert!(h.get("x-keep").is_some());
     }
 
@@ -84,7 +98,10 @@ mod tests {
             .body(())
             .expect("request");
         assert!(is_upgrade(&req));
-        let req = Request::builder().header(header::UPGRADE, "websocket").body(()).expect("request");
+        let req = Request::builder()
+            .header(header::UPGRADE, "websocket")
+            .body(())
+            .expect("request");
         assert!(!is_upgrade(&req));
     }
 }

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.workers.max(1))
@@ -67,15 +68,24 @@ fn main() -> ExitCode {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let Some(service) = args.service.clone() else {
-        bail!("--service is required (or WEIR_SERVICE): the name of the service this proxy runs next to");
+        bail!(
+            "--service is required (or WEIR_SERVICE): the name of the service this proxy runs next to"
+        );
     };
     let local = LocalIdentity {
-        service_account: args.service_account.clone().unwrap_or_else(|| service.clone()),
+        service_account: args
+            .service_account
+            .clone()
+            .unwrap_or_else(|| service.clone()),
         service,
         namespace: args.namespace.clone(),
     };
     let metrics = Arc::new(Metrics::default());
-    let config = Arc::new(ConfigStore::new(local, metrics.clone(), args.config.clone()));
+    let config = Arc::new(ConfigStore::new(
+        local,
+        metrics.clone(),
+        args.config.clone(),
+    ));
     if !args.config.is_empty() {
         // A sidecar that starts with a config it cannot read would route wrongly; refuse to start.
         config
@@ -166,7 +176,10 @@ fn reload(config: &ConfigStore) {
             for e in &errors.0 {
                 tracing::error!(error = %e, "config rejected");
             }
-            tracing::error!(version, "config reload failed; the previous config stays in force");
+            tracing::error!(
+                version,
+                "config reload failed; the previous config stays in force"
+            );
         }
     }
 }

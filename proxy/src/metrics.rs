@@ -150,7 +150,9 @@ impl Metrics {
             map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
         };
 
-        out.push_str("# HELP weir_requests_total Requests received, by direction and destination service.\n");
+        out.push_str(
+            "# HELP weir_requests_total Requests received, by direction and destination service.\n",
+        );
         out.push_str("# TYPE weir_requests_total counter\n");
         for ((dir, dst), m) in &traffic {
             let _ = writeln!(
@@ -198,7 +200,10 @@ impl Metrics {
                 "weir_response_latency_seconds_sum{{{labels}}} {}",
                 m.latency.sum_us.load(Relaxed) as f64 / 1e6
             );
-            let _ = writeln!(out, "weir_response_latency_seconds_count{{{labels}}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "weir_response_latency_seconds_count{{{labels}}} {cumulative}"
+            );
         }
 
         out.push_str("# HELP weir_connections_total Connections accepted, by direction and detected protocol.\n");
@@ -228,15 +233,27 @@ impl Metrics {
 
         out.push_str("# HELP weir_inbound_refused_total Inbound connections refused (plaintext under strict mTLS).\n");
         out.push_str("# TYPE weir_inbound_refused_total counter\n");
-        let _ = writeln!(out, "weir_inbound_refused_total {}", self.inbound_refused.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "weir_inbound_refused_total {}",
+            self.inbound_refused.load(Relaxed)
+        );
 
         out.push_str("# HELP weir_config_version Version of the config snapshot in force.\n");
         out.push_str("# TYPE weir_config_version gauge\n");
-        let _ = writeln!(out, "weir_config_version {}", self.config_version.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "weir_config_version {}",
+            self.config_version.load(Relaxed)
+        );
 
         out.push_str("# HELP weir_config_reloads_total Config reloads, by result.\n");
         out.push_str("# TYPE weir_config_reloads_total counter\n");
-        let _ = writeln!(out, "weir_config_reloads_total{{result=\"ok\"}} {}", self.reloads_ok.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "weir_config_reloads_total{{result=\"ok\"}} {}",
+            self.reloads_ok.load(Relaxed)
+        );
         let _ = writeln!(
             out,
             "weir_config_reloads_total{{result=\"error\"}} {}",
@@ -259,7 +276,9 @@ mod tests {
         t.response(Some(503), Duration::from_millis(20));
         t.response(None, Duration::from_secs(60));
         let text = m.render();
-        assert!(text.contains("weir_requests_total{direction=\"outbound\",dst=\"echo\",dst_ns=\"shop\"} 1"));
+        assert!(text.contains(
+            "weir_requests_total{direction=\"outbound\",dst=\"echo\",dst_ns=\"shop\"} 1"
+        ));
         assert!(text.contains("class=\"2xx\"} 1"));
         assert!(text.contains("class=\"5xx\"} 1"));
         assert!(text.contains("class=\"error\"} 1"));

@@ -35,7 +35,10 @@ fn get_v4(stream: &TcpStream) -> Option<SocketAddr> {
             return None;
         }
         let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-        Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(addr.sin_port))))
+        Some(SocketAddr::V4(SocketAddrV4::new(
+            ip,
+            u16::from_be(addr.sin_port),
+        )))
     }
 }
 
@@ -55,6 +58,11 @@ fn get_v6(stream: &TcpStream) -> Option<SocketAddr> {
             return None;
         }
         let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr);
-        Some(SocketAddr::V6(SocketAddrV6::new(ip, u16::from_be(addr.sin6_port), 0, 0)))
+        Some(SocketAddr::V6(SocketAddrV6::new(
+            ip,
+            u16::from_be(addr.sin6_port),
+            0,
+            0,
+        )))
     }
 }

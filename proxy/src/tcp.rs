@@ -15,7 +15,11 @@ where
 }
 
 /// Writes the proxy-to-proxy opaque preamble, then splices.
-pub async fn splice_with_preamble<A, B>(a: &mut A, b: &mut B, preamble: &[u8]) -> io::Result<(u64, u64)>
+pub async fn splice_with_preamble<A, B>(
+    a: &mut A,
+    b: &mut B,
+    preamble: &[u8],
+) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,

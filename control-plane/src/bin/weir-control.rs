@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "weir-control", version, about = "Weir control plane: identity CA, policy store, discovery")]
+#[command(
+    name = "weir-control",
+    version,
+    about = "Weir control plane: identity CA, policy store, discovery"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

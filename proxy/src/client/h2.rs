@@ -63,7 +63,10 @@ impl H2Slot {
         }
         let stream = super::connect(self.addr)
             .await
-            .map_err(|source| H2Error::Connect { addr: self.addr, source })?;
+            .map_err(|source| H2Error::Connect {
+                addr: self.addr,
+                source,
+            })?;
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
@@ -73,7 +76,10 @@ impl H2Slot {
             .keep_alive_timeout(Duration::from_secs(10))
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|source| H2Error::Handshake { addr: self.addr, source })?;
+            .map_err(|source| H2Error::Handshake {
+                addr: self.addr,
+                source,
+            })?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.await {

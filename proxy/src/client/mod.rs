@@ -17,7 +17,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {addr} timed out")))??;
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {addr} timed out"),
+            )
+        })??;
     stream.set_nodelay(true)?;
     Ok(stream)
 }

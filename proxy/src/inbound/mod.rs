@@ -96,7 +96,9 @@ impl Inbound {
                 });
                 let io = TokioIo::new(stream);
                 if h2 {
-                    self.drain.serve(self.servers.h2.serve_connection(io, svc)).await;
+                    self.drain
+                        .serve(self.servers.h2.serve_connection(io, svc))
+                        .await;
                 } else {
                     let conn = self.servers.http1.serve_connection(io, svc).with_upgrades();
                     self.drain.serve(conn).await;
@@ -108,7 +110,10 @@ impl Inbound {
                 if stream.read_exact(&mut preamble).await.is_err() {
                     return;
                 }
-                let port = u16::from_be_bytes([preamble[PREAMBLE_MAGIC.len()], preamble[PREAMBLE_MAGIC.len() + 1]]);
+                let port = u16::from_be_bytes([
+                    preamble[PREAMBLE_MAGIC.len()],
+                    preamble[PREAMBLE_MAGIC.len() + 1],
+                ]);
                 self.opaque(stream, port).await;
             }
             Detected::Opaque => {
@@ -122,7 +127,11 @@ impl Inbound {
     /// Delivers an opaque stream to the app: on the original port when one is known, else on
     /// `--app-addr`. Always on the app's own address, never anywhere else.
     async fn opaque(&self, mut stream: TcpStream, port: u16) {
-        let target = if port == 0 { self.app_addr } else { SocketAddr::new(self.app_addr.ip(), port) };
+        let target = if port == 0 {
+            self.app_addr
+        } else {
+            SocketAddr::new(self.app_addr.ip(), port)
+        };
         let result = match crate::client::connect(target).await {
             Ok(mut app) => crate::tcp::splice(&mut stream, &mut app).await,
             Err(e) => Err(e),
@@ -136,7 +145,8 @@ impl Inbound {
         self.traffic.request();
         let start = Instant::now();
         let rsp = self.to_app(req).await.unwrap_or_else(ProxyError::response);
-        self.traffic.response(Some(rsp.status().as_u16()), start.elapsed());
+        self.traffic
+            .response(Some(rsp.status().as_u16()), start.elapsed());
         rsp
     }
 
@@ -153,7 +163,11 @@ impl Inbound {
                 .await
                 .map_err(|e| {
                     tracing::debug!(error = %e, "request to the app failed");
-                    if e.is_connect() { ProxyError::ConnectFailure } else { ProxyError::Reset }
+                    if e.is_connect() {
+                        ProxyError::ConnectFailure
+                    } else {
+                        ProxyError::Reset
+                    }
                 })?
         } else {
             let mut send = self.app_h2.sender().await.map_err(|e| {
@@ -182,7 +196,11 @@ fn to_http1<B>(req: &mut Request<B>) {
             req.headers_mut().insert(header::HOST, v);
         }
     }
-    let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(Authority::from_static("app"));

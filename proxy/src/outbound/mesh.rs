@@ -95,7 +95,10 @@ impl Outbound {
 }
 
 /// Rewrites the request URI to absolute form with the given authority.
-pub(super) fn set_authority<B>(req: &mut Request<B>, authority: Option<Authority>) -> Result<(), ProxyError> {
+pub(super) fn set_authority<B>(
+    req: &mut Request<B>,
+    authority: Option<Authority>,
+) -> Result<(), ProxyError> {
     let authority = authority.ok_or(ProxyError::BadRequest)?;
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     if parts.scheme.is_none() {
@@ -111,5 +114,9 @@ pub(super) fn set_authority<B>(req: &mut Request<B>, authority: Option<Authority
 
 pub(super) fn client_error(e: hyper_util::client::legacy::Error) -> ProxyError {
     tracing::debug!(error = %e, "upstream request failed");
-    if e.is_connect() { ProxyError::ConnectFailure } else { ProxyError::Reset }
+    if e.is_connect() {
+        ProxyError::ConnectFailure
+    } else {
+        ProxyError::Reset
+    }
 }

@@ -96,7 +96,9 @@ impl Outbound {
                 });
                 let io = TokioIo::new(stream);
                 if h2 {
-                    self.drain.serve(self.servers.h2.serve_connection(io, svc)).await;
+                    self.drain
+                        .serve(self.servers.h2.serve_connection(io, svc))
+                        .await;
                 } else {
                     let conn = self.servers.http1.serve_connection(io, svc).with_upgrades();
                     self.drain.serve(conn).await;
@@ -110,14 +112,18 @@ impl Outbound {
         }
     }
 
-    async fn proxy(&self, req: Request<Incoming>, orig_dst: Option<SocketAddr>) -> Response<ProxyBody> {
+    async fn proxy(
+        &self,
+        req: Request<Incoming>,
+        orig_dst: Option<SocketAddr>,
+    ) -> Response<ProxyBody> {
         if req.method() == Method::CONNECT {
             return self.tunnel(req).await.unwrap_or_else(ProxyError::response);
         }
         let snapshot = self.config.load();
         let service = headers::authority(&req)
             .and_then(|a| snapshot.service_for_authority(a))
-            .or_else(|| orig_dst.and_then(|d| snapshot.service_for_ip(d.ip())));
+            .or_else(|| orig_dst.and_then(|d| snapshot.service_for_original_dst(d)));
         match service {
             Some(svc) => self.to_mesh(&snapshot, svc, req).await,
             None => self.to_passthrough(req, orig_dst).await,
@@ -127,11 +133,13 @@ impl Outbound {
     /// Non-HTTP traffic. Only iptables-redirected connections have a destination.
     async fn opaque(&self, mut stream: TcpStream, orig_dst: Option<SocketAddr>) {
         let Some(dst) = orig_dst else {
-            tracing::debug!("non-HTTP connection to the outbound port without an original destination; closing");
+            tracing::debug!(
+                "non-HTTP connection to the outbound port without an original destination; closing"
+            );
             return;
         };
         let snapshot = self.config.load();
-        let result = match snapshot.service_for_ip(dst.ip()) {
+        let result = match snapshot.service_for_original_dst(dst) {
             Some(svc) => {
                 if !mesh::plaintext_allowed(&snapshot) {
                     tracing::debug!(%dst, "opaque connection to a mesh service refused: mtls is strict and this proxy has no identity");
@@ -158,7 +166,11 @@ impl Outbound {
 
     /// `CONNECT host:port`: an opaque tunnel, through the mesh when the host is a mesh service.
     async fn tunnel(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
-        let authority = req.uri().authority().cloned().ok_or(ProxyError::BadRequest)?;
+        let authority = req
+            .uri()
+            .authority()
+            .cloned()
+            .ok_or(ProxyError::BadRequest)?;
         let snapshot = self.config.load();
         let (addr, preamble) = match snapshot.service_for_authority(authority.as_str()) {
             Some(svc) => {

@@ -47,7 +47,11 @@ impl Outbound {
         }
         set_authority(&mut req, authority)?;
         headers::strip_hop_by_hop(req.headers_mut());
-        let client = if req.version() == Version::HTTP_2 { &self.direct_h2 } else { &self.direct };
+        let client = if req.version() == Version::HTTP_2 {
+            &self.direct_h2
+        } else {
+            &self.direct
+        };
         let mut rsp = client
             .request(req.map(ProxyBody::Incoming))
             .await
