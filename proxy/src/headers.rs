@@ -10,13 +10,13 @@ pub const HTTP11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
 /// Removes connection-specific headers (RFC 9110 §7.6.1): they describe one hop and are
 /// forbidden in HTTP/2. `te: trailers` survives because gRPC needs it end to end.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if let Some(conn) = h.remove(header::CONNECTION) {
-        if let Ok(list) = conn.to_str() {
-            for name in list.split(',') {
-                let name = name.trim();
-                if !name.is_empty() && !name.eq_ignore_ascii_case("te") {
-                    h.remove(name);
-                }
+    if let Some(conn) = h.remove(header::CONNECTION)
+        && let Ok(list) = conn.to_str()
+    {
+        for name in list.split(',') {
+            let name = name.trim();
+            if !name.is_empty() && !name.eq_ignore_ascii_case("te") {
+                h.remove(name);
             }
         }
     }
@@ -29,10 +29,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     ] {
         h.remove(name);
     }
-    if let Some(te) = h.get(header::TE) {
-        if te.as_bytes() != b"trailers" {
-            h.remove(header::TE);
-        }
+    if h.get(header::TE)
+        .is_some_and(|te| te.as_bytes() != b"trailers")
+    {
+        h.remove(header::TE);
     }
 }
 
@@ -48,6 +48,18 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
+}
+
+/// HTTP/1 needs a Host header; HTTP/2 requests carry the authority in the URI instead.
+pub fn ensure_host<B>(req: &mut Request<B>) {
+    if !req.headers().contains_key(header::HOST)
+        && let Some(v) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
 }
 
 /// The authority a request is addressed to: the URI's (absolute form, HTTP/2) or the Host header.

@@ -3,7 +3,7 @@
 //! two raw streams are spliced.
 use std::net::SocketAddr;
 
-use http::{Request, Response, StatusCode, Uri, header};
+use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -44,14 +44,10 @@ pub async fn forward(
 /// Request line in origin form (`GET /path`), with the authority moved to Host if needed:
 /// what an HTTP/1 origin server expects.
 pub fn to_origin_form<B>(req: &mut Request<B>) {
-    let Some(authority) = req.uri().authority().cloned() else {
+    if req.uri().authority().is_none() {
         return;
-    };
-    if !req.headers().contains_key(header::HOST) {
-        if let Ok(v) = header::HeaderValue::from_str(authority.as_str()) {
-            req.headers_mut().insert(header::HOST, v);
-        }
     }
+    crate::headers::ensure_host(req);
     let pq = req
         .uri()
         .path_and_query()

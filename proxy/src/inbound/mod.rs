@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version, header};
+use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -187,15 +187,7 @@ impl Inbound {
 /// Shapes a request for the app's HTTP/1.1 connection pool: Host carries the original
 /// authority; the URI's authority is only the pool key (the connector always dials the app).
 fn to_http1<B>(req: &mut Request<B>) {
-    if !req.headers().contains_key(header::HOST) {
-        if let Some(v) = req
-            .uri()
-            .authority()
-            .and_then(|a| header::HeaderValue::from_str(a.as_str()).ok())
-        {
-            req.headers_mut().insert(header::HOST, v);
-        }
-    }
+    headers::ensure_host(req);
     let pq = req
         .uri()
         .path_and_query()
