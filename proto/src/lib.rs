@@ -1,2 +1,15 @@
-//! gRPC contracts of Weir. The discovery, identity and admin services are defined with the
-//! control-plane work; this crate exists now so the workspace layout is the final one.
+//! gRPC contracts of Weir: `weir.discovery.v1` (control plane → proxies) and `weir.admin.v1`
+//! (weirctl → control plane). Versioned packages: a breaking change gets a new `v2` package
+//! served alongside the old one.
+
+pub mod discovery {
+    pub mod v1 {
+        tonic::include_proto!("weir.discovery.v1");
+    }
+}
+
+pub mod admin {
+    pub mod v1 {
+        tonic::include_proto!("weir.admin.v1");
+    }
+}

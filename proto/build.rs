@@ -1,0 +1,20 @@
+//! Compiles Weir's protos with a vendored `protoc`, so a fresh machine needs nothing from apt.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    const PROTOS: [&str; 2] = [
+        "proto/weir/discovery/v1/discovery.proto",
+        "proto/weir/admin/v1/admin.proto",
+    ];
+    for p in PROTOS {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    if std::env::var_os("PROTOC").is_none() {
+        let protoc = protoc_bin_vendored::protoc_bin_path()?;
+        // SAFETY: a build script is single-threaded here; nothing reads the environment
+        // concurrently.
+        unsafe { std::env::set_var("PROTOC", protoc) };
+    }
+    tonic_prost_build::configure().compile_protos(&PROTOS, &["proto"])?;
+    Ok(())
+}
