@@ -1,0 +1,1 @@
+//! `weirctl`: written next.
