@@ -22,6 +22,9 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// Set once the listeners are bound and the config is loaded.
     pub ready: AtomicBool,
+    /// With a control plane, config counts as loaded once a snapshot arrived (or came from the
+    /// cache).
+    pub needs_control_plane: bool,
     pub drain: Drain,
 }
 
@@ -58,10 +61,18 @@ impl Admin {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n".into()),
             (&Method::GET, "/ready") => {
-                if self.ready.load(Ordering::Acquire) && !self.drain.is_draining() {
+                let config_loaded =
+                    !self.needs_control_plane || self.config.load().control_plane_version > 0;
+                if self.ready.load(Ordering::Acquire) && config_loaded && !self.drain.is_draining()
+                {
                     text(StatusCode::OK, "ready\n".into())
                 } else if self.drain.is_draining() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+                } else if !config_loaded {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "waiting for the first control-plane snapshot\n".into(),
+                    )
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
                 }

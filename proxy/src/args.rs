@@ -61,6 +61,26 @@ pub struct RunArgs {
     #[arg(long = "config", env = "WEIR_CONFIG", value_delimiter = ',')]
     pub config: Vec<PathBuf>,
 
+    /// Control plane to take config from (e.g. http://weir-control.weir:8090). Without it the
+    /// proxy runs standalone on its --config files.
+    #[arg(long, env = "WEIR_CONTROL_PLANE")]
+    pub control_plane: Option<String>,
+
+    /// Where the last good control-plane snapshot is kept, so a proxy restarted while the
+    /// control plane is down still routes.
+    #[arg(long, env = "WEIR_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Address peers use to reach this proxy's inbound listener, registered with the control
+    /// plane (in Kubernetes: the pod IP and the inbound port). Defaults to --inbound-addr unless
+    /// that is a wildcard address.
+    #[arg(long, env = "WEIR_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<SocketAddr>,
+
+    /// SPIFFE trust domain of this mesh.
+    #[arg(long, env = "WEIR_TRUST_DOMAIN", default_value = "weir.local")]
+    pub trust_domain: String,
+
     /// How long SIGTERM waits for requests in flight before exiting.
     #[arg(long, env = "WEIR_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

@@ -53,7 +53,10 @@ impl Service {
 
 #[derive(Debug)]
 pub struct Snapshot {
+    /// Local, increases on every swap (file reload or push).
     pub version: u64,
+    /// The control-plane snapshot version merged in, 0 without one.
+    pub control_plane_version: u64,
     pub mtls: MtlsMode,
     pub documents: Vec<Document>,
     /// Every accepted spelling of every service's name (`echo`, `echo.ns`, `echo.ns.svc`,
@@ -92,6 +95,10 @@ impl Snapshot {
     }
 }
 
+fn same_object(a: &Document, b: &Document) -> bool {
+    a.kind() == b.kind() && a.namespace() == b.namespace() && a.name() == b.name()
+}
+
 /// `host:port`, `[v6]:port`, `host` → the host part.
 fn strip_port(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
@@ -116,12 +123,30 @@ pub struct ConfigStore {
     endpoints: Mutex<HashMap<SocketAddr, Weak<Endpoint>>>,
     next_version: AtomicU64,
     pub files: Vec<PathBuf>,
+    /// The two sources, merged on every change: `--config` files underneath, the control
+    /// plane's snapshot on top (same kind/namespace/name: the pushed one wins; a pushed
+    /// MeshConfig replaces any local one).
+    sources: Mutex<Sources>,
+}
+
+#[derive(Default)]
+struct Sources {
+    files: Vec<Document>,
+    pushed: Option<Pushed>,
+}
+
+/// The last good snapshot from the control plane.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Pushed {
+    pub version: u64,
+    pub documents: Vec<Document>,
 }
 
 impl ConfigStore {
     pub fn new(local: LocalIdentity, metrics: Arc<Metrics>, files: Vec<PathBuf>) -> Self {
         let empty = Snapshot {
             version: 0,
+            control_plane_version: 0,
             mtls: MtlsMode::Strict,
             documents: Vec::new(),
             by_authority: HashMap::new(),
@@ -136,6 +161,7 @@ impl ConfigStore {
             endpoints: Mutex::new(HashMap::new()),
             next_version: AtomicU64::new(1),
             files,
+            sources: Mutex::new(Sources::default()),
         }
     }
 
@@ -155,7 +181,9 @@ impl ConfigStore {
         match weir_policy::load_paths(&self.files) {
             Ok(docs) => {
                 self.metrics.reloads_ok.fetch_add(1, Relaxed);
-                Ok(self.install(docs))
+                let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+                sources.files = docs;
+                Ok(self.install_merged(&sources))
             }
             Err(e) => {
                 self.metrics.reloads_error.fetch_add(1, Relaxed);
@@ -164,10 +192,55 @@ impl ConfigStore {
         }
     }
 
+    /// Swaps in a validated control-plane snapshot (merged over the files); returns the local
+    /// snapshot version.
+    pub fn install_pushed(&self, pushed: Pushed) -> u64 {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.pushed = Some(pushed);
+        self.install_merged(&sources)
+    }
+
+    /// The control-plane version in force, 0 if none.
+    pub fn pushed_version(&self) -> u64 {
+        let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.pushed.as_ref().map_or(0, |p| p.version)
+    }
+
+    /// Called with the sources lock held, so concurrent reloads and pushes install in order.
+    fn install_merged(&self, sources: &Sources) -> u64 {
+        let docs = match &sources.pushed {
+            None => sources.files.clone(),
+            Some(p) => {
+                let pushed_mesh = p
+                    .documents
+                    .iter()
+                    .any(|d| matches!(d, Document::MeshConfig(_)));
+                let mut docs: Vec<Document> = sources
+                    .files
+                    .iter()
+                    .filter(|f| {
+                        !(pushed_mesh && matches!(f, Document::MeshConfig(_)))
+                            && !p.documents.iter().any(|d| same_object(d, f))
+                    })
+                    .cloned()
+                    .collect();
+                docs.extend(p.documents.iter().cloned());
+                docs
+            }
+        };
+        self.install(docs, sources.pushed.as_ref().map_or(0, |p| p.version))
+    }
+
     /// Compiles validated documents and swaps them in; returns the new version.
-    pub fn install(&self, documents: Vec<Document>) -> u64 {
+    #[cfg(test)]
+    pub fn install_for_test(&self, documents: Vec<Document>) -> u64 {
+        self.install(documents, 0)
+    }
+
+    fn install(&self, documents: Vec<Document>, control_plane_version: u64) -> u64 {
         let version = self.next_version.fetch_add(1, Relaxed);
-        let snapshot = self.compile(version, documents);
+        let mut snapshot = self.compile(version, documents);
+        snapshot.control_plane_version = control_plane_version;
         self.current.store(Arc::new(snapshot));
         self.metrics.config_version.store(version, Relaxed);
         version
@@ -246,6 +319,7 @@ impl ConfigStore {
 
         Snapshot {
             version,
+            control_plane_version: 0,
             mtls,
             documents,
             by_authority,
@@ -277,6 +351,7 @@ struct LocalView<'a> {
 #[derive(Serialize)]
 struct SnapshotView<'a> {
     version: u64,
+    control_plane_version: u64,
     proxy: LocalView<'a>,
     mtls: MtlsMode,
     services: Vec<ServiceView<'a>>,
@@ -287,6 +362,7 @@ impl Snapshot {
     pub fn to_json(&self, local: &LocalIdentity) -> String {
         let view = SnapshotView {
             version: self.version,
+            control_plane_version: self.control_plane_version,
             proxy: LocalView {
                 service: &local.service,
                 namespace: &local.namespace,
@@ -327,7 +403,7 @@ mod tests {
     #[test]
     fn resolves_every_spelling_of_a_service() {
         let s = store();
-        s.install(weir_policy::parse_str("t.yaml", DOCS).expect("valid"));
+        s.install_for_test(weir_policy::parse_str("t.yaml", DOCS).expect("valid"));
         let snap = s.load();
         for host in [
             "payments",
@@ -365,9 +441,9 @@ mod tests {
     #[test]
     fn reload_keeps_endpoints_that_stay() {
         let s = store();
-        s.install(weir_policy::parse_str("t.yaml", DOCS).expect("valid"));
+        s.install_for_test(weir_policy::parse_str("t.yaml", DOCS).expect("valid"));
         let before = s.load();
-        let v2 = s.install(weir_policy::parse_str("t.yaml", DOCS).expect("valid"));
+        let v2 = s.install_for_test(weir_policy::parse_str("t.yaml", DOCS).expect("valid"));
         let after = s.load();
         assert_eq!(after.version, v2);
         let a = before
@@ -390,9 +466,45 @@ mod tests {
     }
 
     #[test]
+    fn pushed_snapshot_wins_over_files_for_the_same_object() {
+        let s = store();
+        let files = "apiVersion: weir/v1\nkind: MeshConfig\nmetadata: { name: local }\nspec: { mtls: permissive }\n---\napiVersion: weir/v1\nkind: Endpoints\nmetadata: { name: payments, namespace: shop }\nspec: { addresses: [\"10.0.0.1:4143\"] }\n---\napiVersion: weir/v1\nkind: Endpoints\nmetadata: { name: local-only, namespace: shop }\nspec: { addresses: [\"10.0.0.9:4143\"] }\n";
+        {
+            let mut src = s.sources.lock().expect("lock");
+            src.files = weir_policy::parse_str("f.yaml", files).expect("valid");
+            s.install_merged(&src);
+        }
+        assert_eq!(s.load().mtls, MtlsMode::Permissive);
+        let pushed = weir_policy::parse_str("push", "apiVersion: weir/v1\nkind: MeshConfig\nmetadata: { name: default }\nspec: { mtls: strict }\n---\napiVersion: weir/v1\nkind: Endpoints\nmetadata: { name: payments, namespace: shop }\nspec: { addresses: [\"10.0.0.2:4143\"] }\n").expect("valid");
+        s.install_pushed(Pushed {
+            version: 42,
+            documents: pushed,
+        });
+        let snap = s.load();
+        assert_eq!(snap.control_plane_version, 42);
+        assert_eq!(
+            snap.mtls,
+            MtlsMode::Strict,
+            "a pushed MeshConfig replaces the local one"
+        );
+        let eps: Vec<_> = snap
+            .service_for_authority("payments")
+            .expect("svc")
+            .endpoints
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect();
+        assert_eq!(eps, ["10.0.0.2:4143"], "the pushed Endpoints win");
+        assert!(
+            snap.service_for_authority("local-only").is_some(),
+            "file-only objects stay"
+        );
+    }
+
+    #[test]
     fn round_robin_spreads() {
         let s = store();
-        s.install(weir_policy::parse_str("t.yaml", DOCS).expect("valid"));
+        s.install_for_test(weir_policy::parse_str("t.yaml", DOCS).expect("valid"));
         let snap = s.load();
         let svc = snap.service_for_authority("payments").expect("svc");
         let picks: Vec<_> = (0..4)

@@ -4,6 +4,7 @@ mod args;
 mod body;
 mod client;
 mod config;
+mod control;
 mod detect;
 mod drain;
 mod errors;
@@ -92,6 +93,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .reload_files()
             .map_err(|e| anyhow::anyhow!("invalid --config; nothing was started:\n{e}"))?;
     }
+    let control = args
+        .control_plane
+        .clone()
+        .map(|url| control::ControlClient {
+            url,
+            hello: hello(&args, &config),
+            config: config.clone(),
+            cache_dir: args.cache_dir.clone(),
+        });
+    if let Some(c) = &control {
+        c.load_cache();
+    }
     warn_if_strict_without_identity(&config);
 
     let bind = |addr, what: &'static str| async move {
@@ -108,6 +121,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         config: config.clone(),
         metrics: metrics.clone(),
         ready: Default::default(),
+        needs_control_plane: control.is_some(),
         drain: drain.clone(),
     });
     tokio::spawn(admin.clone().serve(admin_listener));
@@ -127,6 +141,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let outbound_task = tokio::spawn(outbound.serve(outbound_listener));
     let inbound_task = tokio::spawn(inbound.serve(inbound_listener));
+    if let Some(c) = control {
+        tokio::spawn(c.run());
+    }
     admin.ready.store(true, Ordering::Release);
     tracing::info!(
         outbound = %args.outbound_addr,
@@ -159,6 +176,31 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!("drain timeout reached with connections still open; exiting");
     }
     Ok(())
+}
+
+fn hello(args: &RunArgs, config: &ConfigStore) -> weir_proto::discovery::v1::Hello {
+    let local = config.local();
+    let advertise = args
+        .advertise_addr
+        .or_else(|| (!args.inbound_addr.ip().is_unspecified()).then_some(args.inbound_addr));
+    if advertise.is_none() {
+        tracing::warn!(
+            "--inbound-addr is a wildcard and --advertise-addr is not set: this proxy will not \
+             register an endpoint, so peers cannot reach it through the mesh"
+        );
+    }
+    weir_proto::discovery::v1::Hello {
+        service: local.service.clone(),
+        namespace: local.namespace.clone(),
+        service_account: local.service_account.clone(),
+        identity: format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            args.trust_domain, local.namespace, local.service_account
+        ),
+        inbound_address: advertise.map(|a| a.to_string()).unwrap_or_default(),
+        current_version: 0,
+        proxy_version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
 }
 
 fn reload(config: &ConfigStore) {
