@@ -219,8 +219,9 @@ impl ConfigStore {
                     .files
                     .iter()
                     .filter(|f| {
-                        !(pushed_mesh && matches!(f, Document::MeshConfig(_)))
-                            && !p.documents.iter().any(|d| same_object(d, f))
+                        let replaced = pushed_mesh && matches!(f, Document::MeshConfig(_));
+                        let overridden = p.documents.iter().any(|d| same_object(d, f));
+                        !replaced && !overridden
                     })
                     .cloned()
                     .collect();
