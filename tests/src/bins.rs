@@ -30,7 +30,7 @@ pub fn proxy_bin() -> PathBuf {
         let bin = dir.join("weir-proxy");
         assert!(
             bin.is_file(),
-            "cargo build -p weir-proxy succeeded but {} does not exist",
+            "cargo test --workspace --no-run succeeded but {} does not exist",
             bin.display()
         );
         bin
@@ -60,7 +60,12 @@ fn build_proxy(profile_dir: &Path) {
         .expect("tests crate lives inside the workspace");
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "-p", "weir-proxy", "--bin", "weir-proxy"]);
+        // The same command as the README's (`cargo test --workspace`), so the units
+        // it builds have the outer run's features and are already fresh: a narrower
+        // `cargo build -p weir-proxy` resolves features differently and recompiles
+        // half the dependency graph. weir-proxy has integration tests, so its binary
+        // is part of this build.
+        .args(["test", "--workspace", "--no-run", "--quiet"]);
     // Same profile as this test executable, so the binary lands next to it.
     match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") => {}
