@@ -8,11 +8,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
+use http::Request;
 use serde::Serialize;
 use weir_policy::{Document, MtlsMode};
 
 use crate::client::h2::H2Slot;
 use crate::metrics::{Direction, Metrics, TrafficMetrics};
+use crate::routes::Route;
 
 /// Who this proxy is; used to resolve short service names (`echo` means `echo.<own namespace>`).
 #[derive(Debug, Clone)]
@@ -29,18 +31,26 @@ pub struct Endpoint {
     pub h2: Arc<H2Slot>,
 }
 
+/// The endpoints of one service: what a route's backend points at.
 #[derive(Debug)]
-pub struct Service {
+pub struct Backend {
     pub name: String,
-    pub namespace: String,
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Expected SPIFFE identity of the endpoints, checked once mTLS lands.
     pub identity: Option<String>,
-    pub metrics: Arc<TrafficMetrics>,
     next: AtomicUsize,
 }
 
-impl Service {
+impl Backend {
+    pub fn empty(name: &str) -> Self {
+        Backend {
+            name: name.to_owned(),
+            endpoints: Vec::new(),
+            identity: None,
+            next: AtomicUsize::new(0),
+        }
+    }
+
     /// Round robin; the resilience work replaces this with P2C over peak EWMA.
     pub fn pick(&self) -> Option<&Arc<Endpoint>> {
         match self.endpoints.len() {
@@ -48,6 +58,29 @@ impl Service {
             1 => self.endpoints.first(),
             n => self.endpoints.get(self.next.fetch_add(1, Relaxed) % n),
         }
+    }
+}
+
+/// A mesh service as callers address it: its routes (from its ServicePolicy) and its own
+/// endpoints, used when no route matches.
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub own: Arc<Backend>,
+    pub routes: Vec<Route>,
+    pub metrics: Arc<TrafficMetrics>,
+}
+
+impl Service {
+    /// The backend for this request: the first matching route's weighted pick, or the
+    /// service's own endpoints when no route matches (or it has none).
+    pub fn backend_for<B>(&self, req: &Request<B>) -> &Arc<Backend> {
+        self.routes
+            .iter()
+            .find(|r| r.matches(req))
+            .and_then(Route::pick)
+            .unwrap_or(&self.own)
     }
 }
 
@@ -252,6 +285,7 @@ impl ConfigStore {
         // Services come into being from Endpoints or ServicePolicy documents; a policy without
         // endpoints still makes the name a mesh service (answered with `no-endpoints`).
         let mut defs: HashMap<(String, String), (Vec<SocketAddr>, Option<String>)> = HashMap::new();
+        let mut policies = HashMap::new();
         for doc in &documents {
             match doc {
                 Document::MeshConfig(m) => mtls = m.spec.mtls,
@@ -263,22 +297,22 @@ impl ConfigStore {
                     def.1.clone_from(&e.spec.identity);
                 }
                 Document::ServicePolicy(p) => {
-                    defs.entry((p.spec.service.clone(), p.metadata.namespace.clone()))
-                        .or_default();
+                    let key = (p.spec.service.clone(), p.metadata.namespace.clone());
+                    defs.entry(key.clone()).or_default();
+                    for b in p.spec.routes.iter().flat_map(|r| &r.backends) {
+                        defs.entry((b.service.clone(), p.metadata.namespace.clone()))
+                            .or_default();
+                    }
+                    policies.insert(key, p);
                 }
             }
         }
 
         let mut pool = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         pool.retain(|_, w| w.strong_count() > 0);
-        let mut by_authority = HashMap::new();
-        let mut by_addr = HashMap::new();
-        let mut by_ip = HashMap::new();
-        let mut services = Vec::new();
-        let mut keys: Vec<_> = defs.into_iter().collect();
-        keys.sort_by(|a, b| a.0.cmp(&b.0));
-        for ((name, namespace), (addrs, identity)) in keys {
-            let endpoints: Vec<Arc<Endpoint>> = addrs
+        let mut backends: HashMap<(String, String), Arc<Backend>> = HashMap::new();
+        for ((name, namespace), (addrs, identity)) in defs {
+            let endpoints = addrs
                 .iter()
                 .map(|&addr| {
                     if let Some(ep) = pool.get(&addr).and_then(Weak::upgrade) {
@@ -292,17 +326,50 @@ impl ConfigStore {
                     ep
                 })
                 .collect();
+            let backend = Backend {
+                endpoints,
+                identity,
+                ..Backend::empty(&name)
+            };
+            backends.insert((name, namespace), Arc::new(backend));
+        }
+        drop(pool);
+
+        let mut by_authority = HashMap::new();
+        let mut by_addr = HashMap::new();
+        let mut by_ip = HashMap::new();
+        let mut services = Vec::new();
+        let mut keys: Vec<_> = backends.keys().cloned().collect();
+        keys.sort();
+        for (name, namespace) in keys {
+            let own = backends[&(name.clone(), namespace.clone())].clone();
+            let routes = policies
+                .get(&(name.clone(), namespace.clone()))
+                .map(|p| {
+                    p.spec
+                        .routes
+                        .iter()
+                        .map(|r| {
+                            Route::compile(r, |backend| {
+                                backends
+                                    .get(&(backend.to_owned(), namespace.clone()))
+                                    .cloned()
+                                    .unwrap_or_else(|| Arc::new(Backend::empty(backend)))
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             let svc = Arc::new(Service {
                 metrics: self
                     .metrics
                     .traffic(Direction::Outbound, &name, Some(&namespace)),
                 name: name.clone(),
                 namespace: namespace.clone(),
-                endpoints,
-                identity,
-                next: AtomicUsize::new(0),
+                own,
+                routes,
             });
-            for ep in &svc.endpoints {
+            for ep in &svc.own.endpoints {
                 by_addr.insert(ep.addr, svc.clone());
                 if !ep.addr.ip().is_loopback() {
                     by_ip.insert(ep.addr.ip(), svc.clone());
@@ -340,6 +407,7 @@ struct ServiceView<'a> {
     endpoints: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     identity: Option<&'a str>,
+    routes: Vec<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -376,8 +444,9 @@ impl Snapshot {
                 .map(|s| ServiceView {
                     name: &s.name,
                     namespace: &s.namespace,
-                    endpoints: s.endpoints.iter().map(|e| e.addr.to_string()).collect(),
-                    identity: s.identity.as_deref(),
+                    endpoints: s.own.endpoints.iter().map(|e| e.addr.to_string()).collect(),
+                    identity: s.own.identity.as_deref(),
+                    routes: s.routes.iter().map(|r| r.name.as_str()).collect(),
                 })
                 .collect(),
             documents: &self.documents,
@@ -449,15 +518,17 @@ mod tests {
         assert_eq!(after.version, v2);
         let a = before
             .service_for_authority("payments")
-            .and_then(|s| s.pick())
+            .and_then(|s| s.own.pick())
             .map(|e| e.addr);
         let ep_before = &before
             .service_for_authority("payments")
             .expect("svc")
+            .own
             .endpoints[0];
         let ep_after = &after
             .service_for_authority("payments")
             .expect("svc")
+            .own
             .endpoints[0];
         assert!(
             Arc::ptr_eq(ep_before, ep_after),
@@ -491,6 +562,7 @@ mod tests {
         let eps: Vec<_> = snap
             .service_for_authority("payments")
             .expect("svc")
+            .own
             .endpoints
             .iter()
             .map(|e| e.addr.to_string())
@@ -507,7 +579,7 @@ mod tests {
         let s = store();
         s.install_for_test(weir_policy::parse_str("t.yaml", DOCS).expect("valid"));
         let snap = s.load();
-        let svc = snap.service_for_authority("payments").expect("svc");
+        let svc = &snap.service_for_authority("payments").expect("svc").own;
         let picks: Vec<_> = (0..4)
             .filter_map(|_| svc.pick().map(|e| e.addr.port()))
             .collect();

@@ -13,6 +13,7 @@ mod inbound;
 mod metrics;
 mod orig_dst;
 mod outbound;
+mod routes;
 mod server;
 mod tcp;
 mod upgrade;

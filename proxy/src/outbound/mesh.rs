@@ -43,7 +43,8 @@ impl Outbound {
         svc: &Service,
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let ep = svc.pick().ok_or(ProxyError::NoEndpoints)?;
+        let backend = svc.backend_for(&req);
+        let ep = backend.pick().ok_or(ProxyError::NoEndpoints)?;
         if !plaintext_allowed(snapshot) {
             return Err(ProxyError::NoIdentity);
         }
@@ -78,7 +79,7 @@ impl Outbound {
         }
         headers::strip_hop_by_hop(req.headers_mut());
         let mut send = ep.h2.sender().await.map_err(|e| {
-            tracing::debug!(service = %svc.name, error = %e, "peer connection failed");
+            tracing::debug!(service = %svc.name, backend = %backend.name, error = %e, "peer connection failed");
             ProxyError::ConnectFailure
         })?;
         send.ready().await.map_err(|_| ProxyError::ConnectFailure)?;

@@ -145,7 +145,7 @@ impl Outbound {
                     tracing::debug!(%dst, "opaque connection to a mesh service refused: mtls is strict and this proxy has no identity");
                     return;
                 }
-                let Some(ep) = svc.pick() else { return };
+                let Some(ep) = svc.own.pick() else { return };
                 match crate::client::connect(ep.addr).await {
                     Ok(mut up) => {
                         let preamble = detect::preamble(dst.port());
@@ -177,7 +177,7 @@ impl Outbound {
                 if !mesh::plaintext_allowed(&snapshot) {
                     return Err(ProxyError::NoIdentity);
                 }
-                let ep = svc.pick().ok_or(ProxyError::NoEndpoints)?;
+                let ep = svc.own.pick().ok_or(ProxyError::NoEndpoints)?;
                 (ep.addr, Some(detect::preamble(0)))
             }
             None => {
