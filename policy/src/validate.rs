@@ -438,6 +438,9 @@ pub(crate) fn set(docs: &[Located<'_>]) -> Vec<PolicyError> {
     let mut errors = Vec::new();
     let mut first_seen: BTreeMap<String, &str> = BTreeMap::new();
     let mut mesh_config: Option<(String, &str)> = None;
+    // One ServicePolicy per service: two would leave the proxy to guess whose timeouts and
+    // routes apply.
+    let mut governed: BTreeMap<(String, String), (String, &str)> = BTreeMap::new();
     for Located { source, doc } in docs {
         let key = doc.key();
         let error = |path: &str, reason: String| PolicyError {
@@ -454,6 +457,23 @@ pub(crate) fn set(docs: &[Located<'_>]) -> Vec<PolicyError> {
             continue;
         }
         first_seen.insert(key.clone(), source);
+        if let Document::ServicePolicy(p) = doc {
+            let service = (p.metadata.namespace.clone(), p.spec.service.clone());
+            match governed.get(&service) {
+                Some((other, other_source)) => errors.push(error(
+                    "spec.service",
+                    format!(
+                        "service {}/{} is already governed by {other}{}",
+                        service.0,
+                        service.1,
+                        from(other_source)
+                    ),
+                )),
+                None => {
+                    governed.insert(service, (key.clone(), source));
+                }
+            }
+        }
         if let Document::MeshConfig(_) = doc {
             match &mesh_config {
                 Some((other, other_source)) => errors.push(error(

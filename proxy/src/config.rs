@@ -128,6 +128,34 @@ impl Snapshot {
     }
 }
 
+/// Files underneath, the pushed snapshot on top: an object with the same kind/namespace/name
+/// is the pushed one, a pushed MeshConfig replaces any local one. The union must still be a
+/// valid set (e.g. a local and a pushed ServicePolicy may not govern the same service).
+fn merge(
+    files: &[Document],
+    pushed: Option<&Pushed>,
+) -> Result<Vec<Document>, weir_policy::Errors> {
+    let Some(p) = pushed else {
+        return Ok(files.to_vec());
+    };
+    let pushed_mesh = p
+        .documents
+        .iter()
+        .any(|d| matches!(d, Document::MeshConfig(_)));
+    let mut docs: Vec<Document> = files
+        .iter()
+        .filter(|f| {
+            let replaced = pushed_mesh && matches!(f, Document::MeshConfig(_));
+            let overridden = p.documents.iter().any(|d| same_object(d, f));
+            !replaced && !overridden
+        })
+        .cloned()
+        .collect();
+    docs.extend(p.documents.iter().cloned());
+    weir_policy::validate_set(&docs)?;
+    Ok(docs)
+}
+
 fn same_object(a: &Document, b: &Document) -> bool {
     a.kind() == b.kind() && a.namespace() == b.namespace() && a.name() == b.name()
 }
@@ -208,61 +236,39 @@ impl ConfigStore {
         self.current.load_full()
     }
 
-    /// Reads the `--config` files and swaps in the result. On any error the snapshot in force
-    /// stays, and every error is returned.
+    /// Reads the `--config` files and swaps in the result. On any error (in the files, or in
+    /// how they combine with the pushed snapshot) the snapshot in force stays, and every error
+    /// is returned.
     pub fn reload_files(&self) -> Result<u64, weir_policy::Errors> {
-        match weir_policy::load_paths(&self.files) {
-            Ok(docs) => {
-                self.metrics.reloads_ok.fetch_add(1, Relaxed);
-                let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-                sources.files = docs;
-                Ok(self.install_merged(&sources))
-            }
-            Err(e) => {
-                self.metrics.reloads_error.fetch_add(1, Relaxed);
-                Err(e)
-            }
-        }
+        let result = weir_policy::load_paths(&self.files).and_then(|docs| {
+            let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+            let merged = merge(&docs, sources.pushed.as_ref())?;
+            sources.files = docs;
+            Ok(self.install(merged, sources.pushed.as_ref().map_or(0, |p| p.version)))
+        });
+        let counter = if result.is_ok() {
+            &self.metrics.reloads_ok
+        } else {
+            &self.metrics.reloads_error
+        };
+        counter.fetch_add(1, Relaxed);
+        result
     }
 
     /// Swaps in a validated control-plane snapshot (merged over the files); returns the local
-    /// snapshot version.
-    pub fn install_pushed(&self, pushed: Pushed) -> u64 {
+    /// snapshot version, or why the combination is invalid (nothing changes then).
+    pub fn install_pushed(&self, pushed: Pushed) -> Result<u64, weir_policy::Errors> {
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let merged = merge(&sources.files, Some(&pushed))?;
+        let version = pushed.version;
         sources.pushed = Some(pushed);
-        self.install_merged(&sources)
+        Ok(self.install(merged, version))
     }
 
     /// The control-plane version in force, 0 if none.
     pub fn pushed_version(&self) -> u64 {
         let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         sources.pushed.as_ref().map_or(0, |p| p.version)
-    }
-
-    /// Called with the sources lock held, so concurrent reloads and pushes install in order.
-    fn install_merged(&self, sources: &Sources) -> u64 {
-        let docs = match &sources.pushed {
-            None => sources.files.clone(),
-            Some(p) => {
-                let pushed_mesh = p
-                    .documents
-                    .iter()
-                    .any(|d| matches!(d, Document::MeshConfig(_)));
-                let mut docs: Vec<Document> = sources
-                    .files
-                    .iter()
-                    .filter(|f| {
-                        let replaced = pushed_mesh && matches!(f, Document::MeshConfig(_));
-                        let overridden = p.documents.iter().any(|d| same_object(d, f));
-                        !replaced && !overridden
-                    })
-                    .cloned()
-                    .collect();
-                docs.extend(p.documents.iter().cloned());
-                docs
-            }
-        };
-        self.install(docs, sources.pushed.as_ref().map_or(0, |p| p.version))
     }
 
     /// Compiles validated documents and swaps them in; returns the new version.
@@ -541,17 +547,20 @@ mod tests {
     fn pushed_snapshot_wins_over_files_for_the_same_object() {
         let s = store();
         let files = "apiVersion: weir/v1\nkind: MeshConfig\nmetadata: { name: local }\nspec: { mtls: permissive }\n---\napiVersion: weir/v1\nkind: Endpoints\nmetadata: { name: payments, namespace: shop }\nspec: { addresses: [\"10.0.0.1:4143\"] }\n---\napiVersion: weir/v1\nkind: Endpoints\nmetadata: { name: local-only, namespace: shop }\nspec: { addresses: [\"10.0.0.9:4143\"] }\n";
-        {
-            let mut src = s.sources.lock().expect("lock");
-            src.files = weir_policy::parse_str("f.yaml", files).expect("valid");
-            s.install_merged(&src);
-        }
+        s.sources.lock().expect("lock").files =
+            weir_policy::parse_str("f.yaml", files).expect("valid");
+        s.install_pushed(Pushed {
+            version: 1,
+            documents: Vec::new(),
+        })
+        .expect("valid");
         assert_eq!(s.load().mtls, MtlsMode::Permissive);
         let pushed = weir_policy::parse_str("push", "apiVersion: weir/v1\nkind: MeshConfig\nmetadata: { name: default }\nspec: { mtls: strict }\n---\napiVersion: weir/v1\nkind: Endpoints\nmetadata: { name: payments, namespace: shop }\nspec: { addresses: [\"10.0.0.2:4143\"] }\n").expect("valid");
         s.install_pushed(Pushed {
             version: 42,
             documents: pushed,
-        });
+        })
+        .expect("valid");
         let snap = s.load();
         assert_eq!(snap.control_plane_version, 42);
         assert_eq!(
@@ -571,6 +580,22 @@ mod tests {
         assert!(
             snap.service_for_authority("local-only").is_some(),
             "file-only objects stay"
+        );
+
+        // A pushed policy for a service a local file already governs is refused whole.
+        s.sources.lock().expect("lock").files = weir_policy::parse_str("f.yaml", "apiVersion: weir/v1\nkind: ServicePolicy\nmetadata: { name: local, namespace: shop }\nspec: { service: payments }\n").expect("valid");
+        let conflicting = weir_policy::parse_str("push", "apiVersion: weir/v1\nkind: ServicePolicy\nmetadata: { name: payments, namespace: shop }\nspec: { service: payments }\n").expect("valid");
+        let err = s
+            .install_pushed(Pushed {
+                version: 43,
+                documents: conflicting,
+            })
+            .expect_err("conflict");
+        assert!(err.to_string().contains("already governed"), "{err}");
+        assert_eq!(
+            s.load().control_plane_version,
+            42,
+            "the last good snapshot stays"
         );
     }
 

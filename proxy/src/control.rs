@@ -70,7 +70,10 @@ impl ControlClient {
             return None;
         }
         let version = pushed.version;
-        self.config.install_pushed(pushed);
+        if let Err(e) = self.config.install_pushed(pushed) {
+            tracing::warn!(path = %path.display(), errors = %e, "ignoring a snapshot cache that conflicts with --config");
+            return None;
+        }
         tracing::info!(version, path = %path.display(), "serving from the cached control-plane snapshot");
         Some(version)
     }
@@ -140,14 +143,19 @@ impl ControlClient {
             nonce,
             documents,
         } = snapshot;
-        match decode(version, &documents) {
-            Ok(docs) => {
-                let pushed = Pushed {
-                    version,
-                    documents: docs,
-                };
-                self.write_cache(&pushed);
-                let local = self.config.install_pushed(pushed);
+        let installed = decode(version, &documents).and_then(|documents| {
+            let pushed = Pushed { version, documents };
+            let cache = self.cache_dir.is_some().then(|| pushed.clone());
+            let local = self.config.install_pushed(pushed)?;
+            // Only what was actually installed is cached: a restart must not bring back a
+            // snapshot this proxy refused.
+            if let Some(p) = cache {
+                self.write_cache(&p);
+            }
+            Ok(local)
+        });
+        match installed {
+            Ok(local) => {
                 tracing::info!(
                     version,
                     local_version = local,

@@ -38,6 +38,23 @@ pub fn proxy_bin() -> PathBuf {
     .clone()
 }
 
+/// Path of `weir-control` (same build as `weir-proxy`).
+pub fn control_bin() -> PathBuf {
+    sibling_of_proxy("weir-control")
+}
+
+/// Path of `weirctl` (same build as `weir-proxy`).
+pub fn weirctl_bin() -> PathBuf {
+    sibling_of_proxy("weirctl")
+}
+
+fn sibling_of_proxy(name: &str) -> PathBuf {
+    let proxy = proxy_bin();
+    let bin = proxy.with_file_name(name);
+    assert!(bin.is_file(), "{} missing after the workspace build", bin.display());
+    bin
+}
+
 /// Path of this crate's `weir-testapp`, which cargo builds before running the
 /// integration tests of this package.
 pub fn testapp_bin() -> PathBuf {

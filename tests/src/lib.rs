@@ -9,6 +9,7 @@ pub mod apps;
 pub mod bins;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod metrics;
 pub mod netns;
 pub mod pair;

@@ -375,6 +375,17 @@ fn two_mesh_configs() {
 }
 
 #[test]
+fn two_policies_for_one_service() {
+    let text = "apiVersion: weir/v1\nkind: ServicePolicy\nmetadata: { name: a, namespace: shop }\nspec: { service: payments }\n---\napiVersion: weir/v1\nkind: ServicePolicy\nmetadata: { name: b, namespace: shop }\nspec: { service: payments }\n";
+    let err = assert_error(
+        text,
+        "spec.service",
+        "service shop/payments is already governed by ServicePolicy shop/a",
+    );
+    assert_eq!(err.document.as_deref(), Some("ServicePolicy shop/b"));
+}
+
+#[test]
 fn yaml_syntax_error_names_line() {
     let text = "apiVersion: weir/v1\nkind: MeshConfig\nmetadata: { name: default }\n---\napiVersion: weir/v1\nkind: Endpoints\n  metadata: x\n";
     let err = assert_error(text, "", "invalid YAML at line 7 column 11");

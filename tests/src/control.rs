@@ -1,0 +1,114 @@
+//! A real `weir-control serve` process with its own data dir, and `weirctl` runs against it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::bins;
+use crate::process::ChildGuard;
+use crate::util::free_ports;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct ControlPlane {
+    child: ChildGuard,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    log_dir: PathBuf,
+    starts: u32,
+}
+
+impl ControlPlane {
+    /// Starts a control plane on a free port with `data_dir` (created if missing).
+    pub async fn start(data_dir: &Path, log_dir: &Path) -> Self {
+        let port = free_ports(1).expect("free port")[0];
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = spawn(addr, data_dir, log_dir, 1).await;
+        Self { child, addr, data_dir: data_dir.to_path_buf(), log_dir: log_dir.to_path_buf(), starts: 1 }
+    }
+
+    /// Kills the process (SIGKILL: a crash, not a clean shutdown) and waits for it to be gone.
+    pub async fn kill(&mut self) {
+        self.child.kill();
+    }
+
+    /// Starts again on the same address and data dir.
+    pub async fn restart(&mut self) {
+        self.child.kill();
+        self.starts += 1;
+        self.child = spawn(self.addr, &self.data_dir, &self.log_dir, self.starts).await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_owned()
+    }
+
+    /// Runs `weirctl ARGS…` against this control plane with its admin token.
+    pub fn weirctl(&self, args: &[&str]) -> Output {
+        self.weirctl_with_stdin(args, None)
+    }
+
+    pub fn weirctl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write as _;
+        let mut cmd = Command::new(bins::weirctl_bin());
+        cmd.args(["--server", &self.url(), "--token", &self.token()]).args(args);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn weirctl");
+        if let Some(mut pipe) = child.stdin.take() {
+            if let Some(text) = stdin {
+                pipe.write_all(text.as_bytes()).expect("weirctl stdin");
+            }
+        }
+        child.wait_with_output().expect("weirctl output")
+    }
+
+    /// `weirctl …` that must succeed; returns stdout.
+    pub fn weirctl_ok(&self, args: &[&str]) -> String {
+        let out = self.weirctl(args);
+        assert!(
+            out.status.success(),
+            "weirctl {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn log_tail(&self) -> String {
+        self.child.log_tail()
+    }
+}
+
+async fn spawn(addr: SocketAddr, data_dir: &Path, log_dir: &Path, n: u32) -> ChildGuard {
+    let log = log_dir.join(format!("weir-control-{n}.log"));
+    let mut cmd = Command::new(bins::control_bin());
+    cmd.args(["serve", "--listen", &addr.to_string(), "--data-dir"]).arg(data_dir);
+    let mut child = ChildGuard::spawn("weir-control", &mut cmd, Some(&log), false).expect("spawn weir-control");
+    // Ready = the gRPC port accepts and the admin token exists.
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        if data_dir.join("admin.token").is_file() && tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return child;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("weir-control exited with {status} before listening; log:\n{}", child.log_tail());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "weir-control not listening on {addr} within {READY_TIMEOUT:?}; log:\n{}",
+            child.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
