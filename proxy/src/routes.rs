@@ -16,6 +16,7 @@ pub struct Route {
     /// (cumulative weight, backend); weights of 0 are dropped at compile time.
     backends: Vec<(u64, Arc<Backend>)>,
     total: u64,
+    stride: u64,
     next: AtomicU64,
 }
 
@@ -73,6 +74,7 @@ impl Route {
             name: route.name.clone(),
             matcher,
             backends,
+            stride: stride(total),
             total,
             next: AtomicU64::new(0),
         }
@@ -108,12 +110,29 @@ impl Route {
         if self.total == 0 {
             return None;
         }
-        let n = self.next.fetch_add(1, Relaxed) % self.total;
+        let i = self.next.fetch_add(1, Relaxed) % self.total;
+        let n = (u128::from(i) * u128::from(self.stride) % u128::from(self.total)) as u64;
         self.backends
             .iter()
             .find(|(cum, _)| n < *cum)
             .map(|(_, b)| b)
     }
+}
+
+/// The smallest number ≥ 0.618 × total that is coprime with total: multiplying by it permutes
+/// 0..total, and the golden ratio spreads neighbours far apart.
+fn stride(total: u64) -> u64 {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    if total <= 2 {
+        return 1;
+    }
+    let mut s = (total as f64 * 0.618) as u64;
+    while gcd(s, total) != 1 {
+        s += 1;
+    }
+    s
 }
 
 #[cfg(test)]
@@ -172,5 +191,21 @@ mod tests {
         assert_eq!(counts.get("a"), Some(&900));
         assert_eq!(counts.get("b"), Some(&100));
         assert_eq!(counts.get("c"), None, "weight 0 never gets traffic");
+    }
+
+    #[test]
+    fn a_fifty_fifty_split_alternates() {
+        let routes = route(
+            "    - name: split\n      backends: [ { service: a, weight: 50 }, { service: b, weight: 50 } ]\n",
+        );
+        let picks: Vec<_> = (0..100)
+            .map(|_| routes[0].pick().expect("backend").name.clone())
+            .collect();
+        assert_eq!(picks.iter().filter(|n| *n == "a").count(), 50);
+        // Never more than two in a row for one backend.
+        assert!(
+            picks.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])),
+            "{picks:?}"
+        );
     }
 }

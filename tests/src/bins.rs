@@ -51,7 +51,11 @@ pub fn weirctl_bin() -> PathBuf {
 fn sibling_of_proxy(name: &str) -> PathBuf {
     let proxy = proxy_bin();
     let bin = proxy.with_file_name(name);
-    assert!(bin.is_file(), "{} missing after the workspace build", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} missing after the workspace build",
+        bin.display()
+    );
     bin
 }
 

@@ -25,7 +25,13 @@ impl ControlPlane {
         let port = free_ports(1).expect("free port")[0];
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let child = spawn(addr, data_dir, log_dir, 1).await;
-        Self { child, addr, data_dir: data_dir.to_path_buf(), log_dir: log_dir.to_path_buf(), starts: 1 }
+        Self {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            log_dir: log_dir.to_path_buf(),
+            starts: 1,
+        }
     }
 
     /// Kills the process (SIGKILL: a crash, not a clean shutdown) and waits for it to be gone.
@@ -59,7 +65,8 @@ impl ControlPlane {
     pub fn weirctl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
         use std::io::Write as _;
         let mut cmd = Command::new(bins::weirctl_bin());
-        cmd.args(["--server", &self.url(), "--token", &self.token()]).args(args);
+        cmd.args(["--server", &self.url(), "--token", &self.token()])
+            .args(args);
         cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
@@ -93,16 +100,23 @@ impl ControlPlane {
 async fn spawn(addr: SocketAddr, data_dir: &Path, log_dir: &Path, n: u32) -> ChildGuard {
     let log = log_dir.join(format!("weir-control-{n}.log"));
     let mut cmd = Command::new(bins::control_bin());
-    cmd.args(["serve", "--listen", &addr.to_string(), "--data-dir"]).arg(data_dir);
-    let mut child = ChildGuard::spawn("weir-control", &mut cmd, Some(&log), false).expect("spawn weir-control");
+    cmd.args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+        .arg(data_dir);
+    let mut child =
+        ChildGuard::spawn("weir-control", &mut cmd, Some(&log), false).expect("spawn weir-control");
     // Ready = the gRPC port accepts and the admin token exists.
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
-        if data_dir.join("admin.token").is_file() && tokio::net::TcpStream::connect(addr).await.is_ok() {
+        if data_dir.join("admin.token").is_file()
+            && tokio::net::TcpStream::connect(addr).await.is_ok()
+        {
             return child;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("weir-control exited with {status} before listening; log:\n{}", child.log_tail());
+            panic!(
+                "weir-control exited with {status} before listening; log:\n{}",
+                child.log_tail()
+            );
         }
         assert!(
             tokio::time::Instant::now() < deadline,
