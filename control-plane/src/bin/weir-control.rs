@@ -1,6 +1,12 @@
-//! `weir-control`: the control plane. The server lands with the control-plane issue; until
-//! then the binary exists so packaging, manifests and `--help` are already in their final shape.
+//! `weir-control`: the control plane server (policy store, admin API, discovery).
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use weir_control::ServerConfig;
 
 #[derive(Parser)]
 #[command(
@@ -15,21 +21,65 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the discovery, identity and admin gRPC APIs.
+    /// Serve the discovery and admin gRPC APIs on one port.
     Serve {
         /// Address the gRPC server listens on.
         #[arg(long, env = "WEIR_LISTEN", default_value = "0.0.0.0:8090")]
-        listen: std::net::SocketAddr,
-        /// Directory for the store and the admin token.
+        listen: SocketAddr,
+        /// Directory for the store and the admin token (created 0700 if missing).
         #[arg(long, env = "WEIR_DATA_DIR", default_value = "/var/lib/weir")]
-        data_dir: std::path::PathBuf,
+        data_dir: PathBuf,
+        /// SPIFFE trust domain of the mesh's identities.
+        #[arg(long, env = "WEIR_TRUST_DOMAIN", default_value = "weir.local")]
+        trust_domain: String,
+        /// How long a proxy's endpoint stays registered after its stream ends, so a quick
+        /// reconnect does not make its service flap.
+        #[arg(long, env = "WEIR_LEASE_GRACE", default_value = "10s", value_parser = parse_duration)]
+        lease_grace: std::time::Duration,
     },
 }
 
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    weir_policy::duration::parse(text)
+}
+
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Serve { .. } => anyhow::bail!(
-            "weir-control serve is not implemented yet; run proxies standalone with `weir-proxy --config FILE`"
-        ),
-    }
+    let Command::Serve {
+        listen,
+        data_dir,
+        trust_domain,
+        lease_grace,
+    } = Cli::parse().command;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let config = ServerConfig {
+        listen,
+        data_dir,
+        trust_domain,
+        lease_grace,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
+        weir_control::serve(config, shutdown).await?;
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

@@ -1,45 +1,23 @@
-//! `weirctl`: the command-line client of the control plane. Until the control plane lands it
-//! offers what works offline: validating policy files with the same rules the proxy applies.
-use std::path::PathBuf;
+//! `weirctl`: the command-line client of the control plane. Everything but argument parsing
+//! lives in `weir_control::ctl` so it is tested with the library.
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(name = "weirctl", version, about = "Manage Weir policy")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Check policy documents (files, folders or `-` for stdin) without applying them.
-    Validate {
-        #[arg(short = 'f', long = "filename", required = true)]
-        files: Vec<PathBuf>,
-    },
-    /// Print the client version.
-    Version,
-}
+use clap::Parser;
+use weir_control::ctl::{Cli, run};
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Validate { files } => match weir_policy::load_paths(&files) {
-            Ok(docs) => {
-                for doc in &docs {
-                    println!("{}: valid", doc.key());
-                }
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                eprintln!("{errors}");
-                ExitCode::from(1)
-            }
-        },
-        Command::Version => {
-            println!("weirctl {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+    // Usage errors exit 2 here, from clap, before any runtime is started.
+    let cli = Cli::parse();
+    // One thread is plenty for a handful of sequential RPCs and starts faster.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
         }
-    }
+    };
+    runtime.block_on(run(cli))
 }

@@ -1,1 +1,470 @@
-//! `weirctl`: written next.
+//! `weirctl`: the command-line client of the control plane's admin API (design §3).
+//!
+//! The binary only parses arguments and calls [`run`]; everything lives here so the argument
+//! parsing and output formats are unit-tested with the library.
+//!
+//! Layout: `client` connects and explains gRPC errors, `output` formats tables and documents,
+//! `policy` holds the commands on stored documents (apply, get, delete, diff, history, rollback)
+//! and `mesh` the ones about the running mesh (status, endpoints, version).
+
+mod client;
+mod mesh;
+pub mod output;
+mod policy;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use client::Target;
+
+const EXIT_HELP: &str = "\
+Exit status: 0 success, 1 error (validation, server, connection), 2 usage error.
+`weirctl diff` follows `kubectl diff`: 0 no differences, 1 differences found, 2 error.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weirctl",
+    version,
+    about = "Manage a Weir mesh through its control plane",
+    after_help = EXIT_HELP
+)]
+pub struct Cli {
+    /// Control plane admin API.
+    #[arg(
+        long,
+        env = "WEIR_SERVER",
+        default_value = "http://127.0.0.1:8090",
+        global = true
+    )]
+    pub server: String,
+    /// Admin token (see DATA_DIR/admin.token of `weir-control serve`).
+    #[arg(long, env = "WEIR_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// File holding the admin token, e.g. DATA_DIR/admin.token; --token wins if both are set.
+    #[arg(long, env = "WEIR_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update documents from files, folders (their *.yaml/*.yml) or `-` for stdin.
+    ///
+    /// All documents are checked locally first, then sent in one request: the control plane
+    /// applies all of them or none.
+    Apply {
+        #[arg(
+            short = 'f',
+            long = "filename",
+            required = true,
+            value_name = "FILE|DIR|-"
+        )]
+        files: Vec<PathBuf>,
+        /// Validate on the server and report what would change, without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show stored documents.
+    ///
+    /// KIND is meshconfig (mc), servicepolicy (servicepolicies, sp) or endpoints (ep). Without
+    /// -n every namespace is listed; NAME may also be written NAMESPACE/NAME.
+    ///
+    /// -o yaml prints multi-document YAML that `weirctl apply -f` accepts again. -o json prints
+    /// an array of {"kind", "namespace", "name", "revision", "updated", "document"} where
+    /// "document" is the policy document itself.
+    Get {
+        /// meshconfig|mc, servicepolicy|servicepolicies|sp, endpoints|ep.
+        kind: Kind,
+        /// NAME or NAMESPACE/NAME; without a namespace, NAME is looked up in every namespace.
+        name: Option<String>,
+        /// Only this namespace (default: every namespace).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// table, yaml (re-applicable documents) or json (documents with revisions).
+        #[arg(short, long, value_enum, default_value_t = DocFormat::Table)]
+        output: DocFormat,
+    },
+    /// Delete a stored document (its history is kept: `weirctl rollback` can restore it).
+    Delete {
+        /// meshconfig|mc, servicepolicy|servicepolicies|sp, endpoints|ep.
+        kind: Kind,
+        /// NAME or NAMESPACE/NAME; the namespace defaults to `default`.
+        name: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Show how the documents in files differ from the stored ones, as a unified diff.
+    ///
+    /// Like `kubectl diff`, exits 0 when nothing differs, 1 when something does, 2 on error.
+    Diff {
+        #[arg(
+            short = 'f',
+            long = "filename",
+            required = true,
+            value_name = "FILE|DIR|-"
+        )]
+        files: Vec<PathBuf>,
+    },
+    /// List the stored revisions of a document, oldest first (the server keeps the last 20).
+    History {
+        /// meshconfig|mc, servicepolicy|servicepolicies|sp, endpoints|ep.
+        kind: Kind,
+        /// NAME or NAMESPACE/NAME; the namespace defaults to `default`.
+        name: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+        output: ListFormat,
+    },
+    /// Make an earlier revision current again (as a new revision).
+    Rollback {
+        /// meshconfig|mc, servicepolicy|servicepolicies|sp, endpoints|ep.
+        kind: Kind,
+        /// NAME or NAMESPACE/NAME; the namespace defaults to `default`.
+        name: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Revision to restore (see `weirctl history`).
+        #[arg(long, value_name = "REV")]
+        to: u64,
+    },
+    /// Show the connected proxies and which config version each has acknowledged.
+    Status {
+        #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+        output: ListFormat,
+    },
+    /// Show where services run: registered proxies and static Endpoints documents.
+    Endpoints {
+        /// Only this service (default: every service).
+        service: Option<String>,
+        /// Only this namespace (default: every namespace).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+        output: ListFormat,
+    },
+    /// Check policy documents offline, with the rules the proxy and control plane apply.
+    Validate {
+        #[arg(
+            short = 'f',
+            long = "filename",
+            required = true,
+            value_name = "FILE|DIR|-"
+        )]
+        files: Vec<PathBuf>,
+    },
+    /// Print the client and server versions.
+    Version,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DocFormat {
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    Table,
+    Json,
+}
+
+// === impl Kind ===
+
+/// A document kind, parsed from the names and short names users type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    MeshConfig,
+    ServicePolicy,
+    Endpoints,
+}
+
+impl Kind {
+    /// The name the admin API and documents use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::MeshConfig => "MeshConfig",
+            Kind::ServicePolicy => "ServicePolicy",
+            Kind::Endpoints => "Endpoints",
+        }
+    }
+
+    /// MeshConfig is cluster-wide: its namespace is always empty.
+    pub fn namespaced(self) -> bool {
+        self != Kind::MeshConfig
+    }
+
+    /// Splits `NAMESPACE/NAME` and applies the `default` namespace, so every command addresses
+    /// one object the same way. Disagreeing `-n` and `NAMESPACE/` is a usage error.
+    pub fn object(self, name: &str, namespace: Option<&str>) -> Result<(String, String), Usage> {
+        let (inline, name) = match name.split_once('/') {
+            Some((ns, name)) => (Some(ns), name),
+            None => (None, name),
+        };
+        if name.is_empty() || inline.is_some_and(str::is_empty) {
+            return Err(Usage(format!(
+                "expected NAME or NAMESPACE/NAME, got {name:?}"
+            )));
+        }
+        let namespace = match (inline, namespace) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(Usage(format!(
+                    "namespace given twice: {a:?} in the name and {b:?} with -n"
+                )));
+            }
+            (Some(ns), _) | (None, Some(ns)) => ns,
+            (None, None) => weir_policy::DEFAULT_NAMESPACE,
+        };
+        let namespace = if self.namespaced() { namespace } else { "" };
+        Ok((namespace.to_string(), name.to_string()))
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.to_ascii_lowercase().as_str() {
+            "meshconfig" | "meshconfigs" | "mc" => Ok(Kind::MeshConfig),
+            "servicepolicy" | "servicepolicies" | "sp" => Ok(Kind::ServicePolicy),
+            "endpoints" | "ep" => Ok(Kind::Endpoints),
+            _ => Err(format!(
+                "unknown kind {text:?}: expected meshconfig (mc), servicepolicy (sp) or endpoints (ep)"
+            )),
+        }
+    }
+}
+
+/// A mistake in how weirctl was called that clap cannot see (e.g. two different namespaces):
+/// exits 2 like clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+/// What a command decided beyond success: `diff` reports "differences found" as exit 1.
+pub(crate) type Outcome = anyhow::Result<ExitCode>;
+
+/// Runs one parsed command line; errors are printed to stderr here.
+pub async fn run(cli: Cli) -> ExitCode {
+    let diff = matches!(cli.command, Command::Diff { .. });
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {}", format_error(&err));
+            if diff || err.is::<Usage>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// Server validation errors are many lines; keep them as sent. A context chain
+/// ("cannot read …: No such file") reads as one line.
+fn format_error(err: &anyhow::Error) -> String {
+    let mut out = err.to_string();
+    for cause in err.chain().skip(1) {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+    }
+    out
+}
+
+async fn dispatch(cli: Cli) -> Outcome {
+    // Resolved per command so that offline `validate` never reads a token file.
+    let target = || Target::resolve(&cli.server, cli.token.as_deref(), cli.token_file.as_deref());
+    match cli.command {
+        Command::Validate { files } => policy::validate(&files),
+        Command::Apply { files, dry_run } => policy::apply(&target()?, &files, dry_run).await,
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            output,
+        } => {
+            policy::get(
+                &target()?,
+                kind,
+                name.as_deref(),
+                namespace.as_deref(),
+                output,
+            )
+            .await
+        }
+        Command::Delete {
+            kind,
+            name,
+            namespace,
+        } => {
+            let (namespace, name) = kind.object(&name, namespace.as_deref())?;
+            policy::delete(&target()?, kind, &namespace, &name).await
+        }
+        Command::Diff { files } => policy::diff(&target()?, &files).await,
+        Command::History {
+            kind,
+            name,
+            namespace,
+            output,
+        } => {
+            let (namespace, name) = kind.object(&name, namespace.as_deref())?;
+            policy::history(&target()?, kind, &namespace, &name, output).await
+        }
+        Command::Rollback {
+            kind,
+            name,
+            namespace,
+            to,
+        } => {
+            let (namespace, name) = kind.object(&name, namespace.as_deref())?;
+            policy::rollback(&target()?, kind, &namespace, &name, to).await
+        }
+        Command::Status { output } => mesh::status(&target()?, output).await,
+        Command::Endpoints {
+            service,
+            namespace,
+            output,
+        } => mesh::endpoints(&target()?, service.as_deref(), namespace.as_deref(), output).await,
+        Command::Version => mesh::version(&target()?).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("weirctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn kind_aliases() {
+        for (text, kind) in [
+            ("meshconfig", Kind::MeshConfig),
+            ("MC", Kind::MeshConfig),
+            ("MeshConfig", Kind::MeshConfig),
+            ("servicepolicy", Kind::ServicePolicy),
+            ("ServicePolicies", Kind::ServicePolicy),
+            ("sp", Kind::ServicePolicy),
+            ("Endpoints", Kind::Endpoints),
+            ("ep", Kind::Endpoints),
+        ] {
+            assert_eq!(text.parse::<Kind>(), Ok(kind), "{text}");
+        }
+        assert!("pods".parse::<Kind>().is_err());
+    }
+
+    #[test]
+    fn object_names() {
+        let sp = Kind::ServicePolicy;
+        assert_eq!(
+            sp.object("payments", None).ok(),
+            Some(("default".into(), "payments".into()))
+        );
+        assert_eq!(
+            sp.object("shop/payments", None).ok(),
+            Some(("shop".into(), "payments".into()))
+        );
+        assert_eq!(
+            sp.object("payments", Some("shop")).ok(),
+            Some(("shop".into(), "payments".into()))
+        );
+        assert!(sp.object("shop/payments", Some("other")).is_err());
+        assert!(sp.object("shop/", None).is_err());
+        assert_eq!(
+            Kind::MeshConfig.object("default", Some("shop")).ok(),
+            Some((String::new(), "default".into()))
+        );
+    }
+
+    #[test]
+    fn parses_commands() {
+        let cli = parse(&[
+            "--server",
+            "http://cp:8090",
+            "--token",
+            "t",
+            "get",
+            "sp",
+            "-n",
+            "shop",
+            "-o",
+            "yaml",
+        ])
+        .expect("parse");
+        assert_eq!(cli.server, "http://cp:8090");
+        assert_eq!(cli.token.as_deref(), Some("t"));
+        match cli.command {
+            Command::Get {
+                kind,
+                name,
+                namespace,
+                output,
+            } => {
+                assert_eq!(kind, Kind::ServicePolicy);
+                assert_eq!(name, None);
+                assert_eq!(namespace.as_deref(), Some("shop"));
+                assert_eq!(output, DocFormat::Yaml);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = parse(&["apply", "-f", "a.yaml", "-f", "dir", "--dry-run"]).expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Apply { ref files, dry_run: true } if files.len() == 2
+        ));
+        let cli = parse(&["rollback", "sp", "shop/payments", "--to", "3"]).expect("parse");
+        assert!(matches!(cli.command, Command::Rollback { to: 3, .. }));
+        // Global flags work after the subcommand too.
+        let cli = parse(&["status", "-o", "json", "--token-file", "/x"]).expect("parse");
+        assert_eq!(cli.token_file, Some(PathBuf::from("/x")));
+        assert!(matches!(
+            cli.command,
+            Command::Status {
+                output: ListFormat::Json
+            }
+        ));
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        for args in [
+            &["get", "pods"][..],
+            &["apply"],
+            &["rollback", "sp", "x"],
+            &["status", "-o", "yaml"],
+            &["history", "sp"],
+            &["frobnicate"],
+        ] {
+            let err = parse(args).expect_err("usage error");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn help_documents_exit_codes_and_json() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        cmd.build();
+        let help = cmd.render_long_help().to_string();
+        assert!(help.contains("1 differences found"));
+        assert!(help.contains("http://127.0.0.1:8090"));
+        let get = cmd
+            .find_subcommand_mut("get")
+            .map(|c| c.render_long_help().to_string())
+            .unwrap_or_default();
+        assert!(get.contains("\"document\""));
+    }
+}

@@ -1,0 +1,376 @@
+//! `weir.admin.v1.Admin`, the API behind `weirctl`. The token check is an interceptor in
+//! `server`, so every method here may assume an authenticated caller.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use weir_policy::Document;
+use weir_proto::admin::v1 as pb;
+use weir_proto::admin::v1::admin_server::Admin;
+
+use crate::hub::Hub;
+use crate::store::{Object, StoreError};
+
+pub struct AdminService {
+    hub: Arc<Hub>,
+}
+
+impl AdminService {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        AdminService { hub }
+    }
+
+    /// Store calls block on disk (fsync on commit), so they run on the blocking pool rather
+    /// than stalling the discovery streams that share the runtime.
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Hub) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let hub = self.hub.clone();
+        tokio::task::spawn_blocking(move || f(&hub))
+            .await
+            .map_err(|err| {
+                tracing::error!(%err, "store task failed");
+                Status::internal("store task failed; see the control plane's log")
+            })?
+            .map_err(status)
+    }
+}
+
+/// Canonical kind for what users type: any case, plural, or a short alias.
+pub fn resolve_kind(kind: &str) -> Result<&'static str, Status> {
+    match kind.to_ascii_lowercase().as_str() {
+        "meshconfig" | "meshconfigs" | "mc" | "mesh" => Ok("MeshConfig"),
+        "servicepolicy" | "servicepolicies" | "sp" | "policy" | "policies" => Ok("ServicePolicy"),
+        "endpoints" | "endpoint" | "ep" | "eps" => Ok("Endpoints"),
+        "" => Err(Status::invalid_argument(format!(
+            "kind is required: one of {}",
+            weir_policy::KINDS.join(", ")
+        ))),
+        other => Err(Status::invalid_argument(format!(
+            "unknown kind {other:?}; expected one of {} (or servicepolicy/sp, meshconfig/mc, endpoints/ep)",
+            weir_policy::KINDS.join(", ")
+        ))),
+    }
+}
+
+/// Kind, namespace and name of one object. MeshConfig is cluster-wide, so any namespace is
+/// ignored; other kinds default to `default` like documents do.
+fn target(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<(&'static str, String, String), Status> {
+    let kind = resolve_kind(kind)?;
+    if name.is_empty() {
+        return Err(Status::invalid_argument("name is required"));
+    }
+    let namespace = match (kind, namespace) {
+        ("MeshConfig", _) => String::new(),
+        (_, "") => weir_policy::DEFAULT_NAMESPACE.to_string(),
+        (_, ns) => ns.to_string(),
+    };
+    Ok((kind, namespace, name.to_string()))
+}
+
+fn status(err: StoreError) -> Status {
+    match err {
+        StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
+        StoreError::Precondition(why) => Status::failed_precondition(why),
+        StoreError::Invalid(errors) => Status::invalid_argument(errors.to_string()),
+        err @ (StoreError::Db(_) | StoreError::Corrupt { .. }) => {
+            tracing::error!(%err, "store error");
+            Status::internal(format!("{err}"))
+        }
+    }
+}
+
+fn to_pb(obj: Object) -> pb::Object {
+    pb::Object {
+        kind: obj.kind,
+        namespace: obj.namespace,
+        name: obj.name,
+        revision: obj.revision,
+        json: obj.json,
+        updated_unix_ms: obj.updated_unix_ms,
+        deleted: obj.deleted,
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let req = request.into_inner();
+        let source = if req.source.is_empty() {
+            "<request>"
+        } else {
+            req.source.as_str()
+        };
+        // parse_str also runs the set rules (duplicates, one MeshConfig) on the request; the
+        // store checks the same rules against what is already stored.
+        let docs: Vec<Document> = weir_policy::parse_str(source, &req.yaml)
+            .map_err(|errors| Status::invalid_argument(errors.to_string()))?;
+        let dry_run = req.dry_run;
+        let (applied, version) = self
+            .with_store(move |hub| hub.store.apply(&docs, dry_run))
+            .await?;
+        let changed = applied
+            .iter()
+            .any(|a| a.action != crate::store::Action::Unchanged);
+        if changed && !dry_run {
+            self.hub.changed();
+        }
+        for a in &applied {
+            tracing::info!(
+                kind = a.object.kind,
+                namespace = a.object.namespace,
+                name = a.object.name,
+                revision = a.object.revision,
+                action = a.action.as_str(),
+                dry_run,
+                "apply"
+            );
+        }
+        Ok(Response::new(pb::ApplyResponse {
+            results: applied
+                .into_iter()
+                .map(|a| pb::ApplyResult {
+                    kind: a.object.kind,
+                    namespace: a.object.namespace,
+                    name: a.object.name,
+                    action: a.action.as_str().to_string(),
+                    revision: a.object.revision,
+                })
+                .collect(),
+            version,
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let req = request.into_inner();
+        let kind = resolve_kind(&req.kind)?;
+        // MeshConfig has no namespace; a namespace filter on it would always come back empty.
+        let namespace =
+            (!req.namespace.is_empty() && kind != "MeshConfig").then_some(req.namespace);
+        let name = (!req.name.is_empty()).then_some(req.name);
+        let objects = self
+            .with_store(move |hub| {
+                hub.store
+                    .get(Some(kind), namespace.as_deref(), name.as_deref())
+            })
+            .await?;
+        Ok(Response::new(pb::GetResponse {
+            objects: objects.into_iter().map(to_pb).collect(),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let req = request.into_inner();
+        let (kind, ns, name) = target(&req.kind, &req.namespace, &req.name)?;
+        let (applied, version) = self
+            .with_store(move |hub| hub.store.delete(kind, &ns, &name))
+            .await?;
+        self.hub.changed();
+        tracing::info!(
+            kind,
+            namespace = applied.object.namespace,
+            name = applied.object.name,
+            revision = applied.object.revision,
+            "delete"
+        );
+        Ok(Response::new(pb::DeleteResponse {
+            revision: applied.object.revision,
+            version,
+        }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let req = request.into_inner();
+        let (kind, ns, name) = target(&req.kind, &req.namespace, &req.name)?;
+        let revisions = self
+            .with_store(move |hub| hub.store.history(kind, &ns, &name))
+            .await?;
+        Ok(Response::new(pb::HistoryResponse {
+            revisions: revisions.into_iter().map(to_pb).collect(),
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::RollbackResponse>, Status> {
+        let req = request.into_inner();
+        let (kind, ns, name) = target(&req.kind, &req.namespace, &req.name)?;
+        let to = req.to_revision;
+        let (applied, version) = self
+            .with_store(move |hub| hub.store.rollback(kind, &ns, &name, to))
+            .await?;
+        if applied.action != crate::store::Action::Unchanged {
+            self.hub.changed();
+        }
+        tracing::info!(
+            kind,
+            namespace = applied.object.namespace,
+            name = applied.object.name,
+            to_revision = to,
+            revision = applied.object.revision,
+            "rollback"
+        );
+        Ok(Response::new(pb::RollbackResponse {
+            object: Some(to_pb(applied.object)),
+            version,
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let mut proxies: Vec<pb::ProxyStatus> = self
+            .hub
+            .registry
+            .proxies()
+            .into_iter()
+            .map(|p| {
+                let (last_nack_version, last_nack_error) = p.last_nack().unwrap_or_default();
+                pb::ProxyStatus {
+                    identity: p.identity.clone(),
+                    service: p.service.clone(),
+                    namespace: p.namespace.clone(),
+                    inbound_address: p.inbound_address.clone(),
+                    acked_version: p.acked_version(),
+                    last_nack_version,
+                    last_nack_error,
+                    connected_since_unix_ms: p.connected_since_unix_ms,
+                    connected: p.connected(),
+                    proxy_version: p.proxy_version.clone(),
+                }
+            })
+            .collect();
+        proxies.sort_by(|a, b| {
+            (
+                &a.namespace,
+                &a.service,
+                &a.inbound_address,
+                a.connected_since_unix_ms,
+            )
+                .cmp(&(
+                    &b.namespace,
+                    &b.service,
+                    &b.inbound_address,
+                    b.connected_since_unix_ms,
+                ))
+        });
+        Ok(Response::new(pb::StatusResponse {
+            version: self.hub.store.version(),
+            proxies,
+        }))
+    }
+
+    async fn endpoints(
+        &self,
+        request: Request<pb::EndpointsRequest>,
+    ) -> Result<Response<pb::EndpointsResponse>, Status> {
+        let req = request.into_inner();
+        let wanted = |ns: &str, service: &str| {
+            (req.namespace.is_empty() || req.namespace == ns)
+                && (req.service.is_empty() || req.service == service)
+        };
+        let mut services: BTreeMap<(String, String), Vec<pb::Endpoint>> = BTreeMap::new();
+        for ((ns, service), regs) in self.hub.registry.endpoints() {
+            if !wanted(&ns, &service) {
+                continue;
+            }
+            services
+                .entry((ns, service))
+                .or_default()
+                .extend(regs.into_iter().map(|r| pb::Endpoint {
+                    address: r.address.to_string(),
+                    identity: r.identity,
+                    source: "registered".into(),
+                }));
+        }
+        let stored = self
+            .with_store(|hub| hub.store.get(Some("Endpoints"), None, None))
+            .await?;
+        for obj in stored {
+            if !wanted(&obj.namespace, &obj.name) {
+                continue;
+            }
+            let spec = match serde_json::from_str::<Document>(&obj.json) {
+                Ok(Document::Endpoints(e)) => e.spec,
+                _ => {
+                    tracing::error!(
+                        namespace = obj.namespace,
+                        name = obj.name,
+                        "stored Endpoints document does not parse"
+                    );
+                    continue;
+                }
+            };
+            let identity = spec.identity.unwrap_or_default();
+            services
+                .entry((obj.namespace, obj.name))
+                .or_default()
+                .extend(spec.addresses.into_iter().map(|addr| pb::Endpoint {
+                    address: addr.to_string(),
+                    identity: identity.clone(),
+                    source: "static".into(),
+                }));
+        }
+        Ok(Response::new(pb::EndpointsResponse {
+            services: services
+                .into_iter()
+                .map(|((namespace, service), endpoints)| pb::ServiceEndpoints {
+                    service,
+                    namespace,
+                    endpoints,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn version(
+        &self,
+        _request: Request<pb::VersionRequest>,
+    ) -> Result<Response<pb::VersionResponse>, Status> {
+        Ok(Response::new(pb::VersionResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_resolve_case_insensitively_and_by_alias() {
+        for (typed, kind) in [
+            ("ServicePolicy", "ServicePolicy"),
+            ("servicepolicy", "ServicePolicy"),
+            ("SP", "ServicePolicy"),
+            ("meshconfig", "MeshConfig"),
+            ("endpoints", "Endpoints"),
+            ("ep", "Endpoints"),
+        ] {
+            assert_eq!(resolve_kind(typed).ok(), Some(kind), "{typed}");
+        }
+        let err = resolve_kind("pods").err().map(|s| s.code());
+        assert_eq!(err, Some(tonic::Code::InvalidArgument));
+        assert!(resolve_kind("").is_err());
+    }
+}

@@ -1,0 +1,277 @@
+//! Connecting to the control plane's admin API and turning its errors into messages that say
+//! what to do.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use weir_proto::admin::v1::admin_client::AdminClient;
+
+pub type Client = AdminClient<InterceptedService<Channel, BearerToken>>;
+
+/// A control plane that does not answer within this is reported as unreachable rather than
+/// leaving the user staring at a hung terminal.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Admin calls are small; a minute covers a slow store without hanging scripts forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub const TOKEN_HELP: &str = "pass --token, --token-file or set WEIR_TOKEN / WEIR_TOKEN_FILE; \
+    the admin token is in DATA_DIR/admin.token of `weir-control serve --data-dir DATA_DIR`";
+
+/// Where weirctl connects and as whom.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub server: String,
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// `--token` wins over `--token-file` so a one-off token needs no file.
+    pub fn resolve(
+        server: &str,
+        token: Option<&str>,
+        token_file: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let token = match (token, token_file) {
+            (Some(token), _) => Some(token.trim().to_string()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the token file {}", path.display()))?;
+                Some(text.trim().to_string())
+            }
+            (None, None) => None,
+        }
+        .filter(|token| !token.is_empty());
+        Ok(Target {
+            server: server.to_string(),
+            token,
+        })
+    }
+
+    /// Connects, requiring a token: every admin call but `version` is refused without one, so
+    /// fail before the network with advice instead of after it with UNAUTHENTICATED.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        if self.token.is_none() {
+            return Err(anyhow!("no admin token: {TOKEN_HELP}"));
+        }
+        self.connect_anonymous().await
+    }
+
+    /// Connects with whatever token there is (possibly none).
+    pub async fn connect_anonymous(&self) -> anyhow::Result<Client> {
+        let interceptor = BearerToken::new(self.token.as_deref())?;
+        // tonic accepts `cp:8090` as a URI and only fails when connecting, with a message about
+        // a missing scheme; say what is expected instead.
+        if !self.server.starts_with("http://") && !self.server.starts_with("https://") {
+            return Err(anyhow!(
+                "invalid --server URL {:?}: expected http://HOST:PORT, e.g. http://127.0.0.1:8090",
+                self.server
+            ));
+        }
+        let endpoint = Endpoint::from_shared(self.server.clone())
+            .map_err(|err| {
+                anyhow!(
+                    "invalid --server URL {:?}: {err} (expected e.g. http://127.0.0.1:8090)",
+                    self.server
+                )
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT);
+        let channel = endpoint.connect().await.map_err(|err| {
+            anyhow!(
+                "cannot reach the control plane at {}: {}",
+                self.server,
+                error_chain(&err)
+            )
+        })?;
+        Ok(AdminClient::with_interceptor(channel, interceptor))
+    }
+
+    /// A gRPC failure as a message for stderr: validation errors verbatim (the server already
+    /// lists one per line with file, document and field), connectivity and auth with advice.
+    pub fn explain(&self, status: &Status) -> anyhow::Error {
+        let message = status.message();
+        match status.code() {
+            Code::InvalidArgument | Code::NotFound | Code::AlreadyExists => {
+                anyhow!("{message}")
+            }
+            Code::FailedPrecondition => anyhow!("{message}"),
+            Code::Unavailable => anyhow!(
+                "cannot reach the control plane at {}: {}",
+                self.server,
+                nonempty(message, "unavailable")
+            ),
+            Code::Unauthenticated if self.token.is_none() => {
+                anyhow!("the control plane requires an admin token: {TOKEN_HELP}")
+            }
+            Code::Unauthenticated => anyhow!(
+                "the control plane rejected the admin token ({}); check that it matches \
+                 DATA_DIR/admin.token of weir-control",
+                nonempty(message, "unauthenticated")
+            ),
+            Code::PermissionDenied => anyhow!(
+                "the token is not allowed to do this: {}",
+                nonempty(message, "permission denied")
+            ),
+            Code::DeadlineExceeded => anyhow!(
+                "the control plane at {} did not answer in time: {}",
+                self.server,
+                nonempty(message, "deadline exceeded")
+            ),
+            Code::Unimplemented => anyhow!(
+                "the control plane at {} does not support this call (older server?): {}",
+                self.server,
+                nonempty(message, "unimplemented")
+            ),
+            code => anyhow!(
+                "control plane error ({code:?}): {}",
+                nonempty(message, "no details")
+            ),
+        }
+    }
+}
+
+fn nonempty<'a>(text: &'a str, fallback: &'a str) -> &'a str {
+    if text.is_empty() { fallback } else { text }
+}
+
+/// tonic's transport errors say "transport error" at the top and the useful part ("Connection
+/// refused") in their sources.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+// === impl BearerToken ===
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl BearerToken {
+    fn new(token: Option<&str>) -> anyhow::Result<Self> {
+        let value = token
+            .map(|token| {
+                let mut value: MetadataValue<Ascii> = format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| anyhow!("the admin token contains characters not allowed in an HTTP header; {TOKEN_HELP}"))?;
+                value.set_sensitive(true);
+                Ok::<_, anyhow::Error>(value)
+            })
+            .transpose()?;
+        Ok(BearerToken(value))
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(token: Option<&str>) -> Target {
+        Target {
+            server: "http://127.0.0.1:1".into(),
+            token: token.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn token_sources() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("admin.token");
+        std::fs::write(&file, "  secret\n").expect("write");
+        let t = Target::resolve("http://x", None, Some(&file)).expect("resolve");
+        assert_eq!(t.token.as_deref(), Some("secret"));
+        let t = Target::resolve("http://x", Some("flag"), Some(&file)).expect("resolve");
+        assert_eq!(t.token.as_deref(), Some("flag"));
+        let t = Target::resolve("http://x", Some("  "), None).expect("resolve");
+        assert_eq!(t.token, None);
+        let err = Target::resolve("http://x", None, Some(&dir.path().join("missing")))
+            .expect_err("missing file");
+        assert!(err.to_string().contains("token file"));
+    }
+
+    #[test]
+    fn interceptor_sets_bearer() {
+        let mut interceptor = BearerToken::new(Some("abc")).expect("token");
+        let request = interceptor.call(Request::new(())).expect("call");
+        assert_eq!(
+            request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer abc")
+        );
+        assert!(BearerToken::new(Some("bad\ntoken")).is_err());
+    }
+
+    #[test]
+    fn explanations() {
+        let invalid = Status::invalid_argument("a.yaml: ServicePolicy shop/p: spec: x\nb: y");
+        assert_eq!(
+            target(Some("t")).explain(&invalid).to_string(),
+            "a.yaml: ServicePolicy shop/p: spec: x\nb: y"
+        );
+        let unavailable = target(Some("t")).explain(&Status::unavailable("refused"));
+        assert!(
+            unavailable
+                .to_string()
+                .starts_with("cannot reach the control plane at http://127.0.0.1:1: refused")
+        );
+        let anonymous = target(None).explain(&Status::unauthenticated(""));
+        assert!(anonymous.to_string().contains("admin.token"));
+        let wrong = target(Some("t")).explain(&Status::unauthenticated("bad token"));
+        assert!(wrong.to_string().contains("rejected the admin token"));
+    }
+
+    #[tokio::test]
+    async fn missing_token_fails_before_connecting() {
+        let err = target(None).connect().await.expect_err("no token");
+        assert!(err.to_string().contains("DATA_DIR/admin.token"));
+    }
+
+    #[tokio::test]
+    async fn server_url_needs_a_scheme() {
+        let mut t = target(Some("t"));
+        t.server = "cp:8090".into();
+        let err = t.connect().await.expect_err("no scheme");
+        assert!(err.to_string().contains("expected http://"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_named() {
+        let err = target(Some("t"))
+            .connect()
+            .await
+            .expect_err("nothing listens on port 1");
+        assert!(
+            err.to_string()
+                .starts_with("cannot reach the control plane at http://127.0.0.1:1"),
+            "{err}"
+        );
+    }
+}

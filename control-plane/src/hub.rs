@@ -1,0 +1,254 @@
+//! The shared state of one server: store, registry, and the published snapshot.
+//!
+//! One publisher task builds a snapshot per change and hands it to every stream as an
+//! `Arc<Published>` through a watch channel. A watch keeps only the newest value, so a burst of
+//! changes costs one build per publisher pass, and a slow proxy is sent the newest state
+//! instead of a queue of stale ones.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use weir_policy::{Document, Endpoints, EndpointsSpec, Metadata};
+use weir_proto::discovery::v1 as pb;
+
+use crate::registry::{Registry, ServiceKey, ServiceView};
+use crate::store::{Object, Store, StoreError};
+
+/// Lower bound between two published snapshots; see [`Hub::publish`].
+const MIN_PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// One built snapshot, shared by every stream.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub version: u64,
+    pub documents: Vec<pb::Document>,
+    /// The server is shutting down: streams end instead of sending this.
+    pub closing: bool,
+}
+
+pub struct Hub {
+    pub store: Store,
+    pub registry: Registry,
+    pub trust_domain: String,
+    pub lease_grace: Duration,
+    changed: Notify,
+    last_publish: std::sync::Mutex<Option<tokio::time::Instant>>,
+    snapshots: watch::Sender<Arc<Published>>,
+}
+
+// === impl Hub ===
+
+impl Hub {
+    /// Builds the first snapshot right away so the first stream never waits for the publisher.
+    pub fn new(
+        store: Store,
+        trust_domain: String,
+        lease_grace: Duration,
+    ) -> Result<Arc<Hub>, StoreError> {
+        let registry = Registry::default();
+        let first = build(&store, &registry)?;
+        let (snapshots, _) = watch::channel(Arc::new(first));
+        Ok(Arc::new(Hub {
+            store,
+            registry,
+            trust_domain,
+            lease_grace,
+            changed: Notify::new(),
+            last_publish: std::sync::Mutex::new(None),
+            snapshots,
+        }))
+    }
+
+    /// Tells the publisher that the store or the registry changed.
+    pub fn changed(&self) {
+        self.changed.notify_one();
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
+        self.snapshots.subscribe()
+    }
+
+    /// Ends every discovery stream (their proxies reconnect elsewhere or later) and stops the
+    /// publisher.
+    pub fn close(&self) {
+        self.snapshots.send_modify(|current| {
+            *current = Arc::new(Published {
+                version: current.version,
+                documents: Vec::new(),
+                closing: true,
+            });
+        });
+        self.changed.notify_one();
+    }
+
+    /// Rebuilds the snapshot after each change until [`Hub::close`]. Building runs on the
+    /// blocking pool: it reads the store and serialises every document.
+    pub async fn publish(self: Arc<Self>) {
+        loop {
+            self.changed.notified().await;
+            // Publishing wakes every stream, so under a storm of changes (thousands of proxies
+            // connecting) publish at most every MIN_PUBLISH_INTERVAL; the changes that arrive
+            // meanwhile ride along. A change after a quiet spell goes out at once.
+            tokio::time::sleep_until(self.next_publish()).await;
+            if self.snapshots.borrow().closing {
+                return;
+            }
+            let hub = self.clone();
+            let built = tokio::task::spawn_blocking(move || build(&hub.store, &hub.registry)).await;
+            match built {
+                Ok(Ok(next)) => {
+                    *self.last_publish.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(tokio::time::Instant::now());
+                    self.snapshots.send_if_modified(|current| {
+                        // Closing wins, and an older build never replaces a newer one.
+                        if current.closing || next.version <= current.version {
+                            return false;
+                        }
+                        *current = Arc::new(next);
+                        true
+                    });
+                }
+                Ok(Err(err)) => {
+                    tracing::error!(%err, "cannot build snapshot; proxies keep the previous one")
+                }
+                Err(err) => tracing::error!(%err, "snapshot build task failed"),
+            }
+        }
+    }
+
+    fn next_publish(&self) -> tokio::time::Instant {
+        let last = *self.last_publish.lock().unwrap_or_else(|p| p.into_inner());
+        last.map_or_else(tokio::time::Instant::now, |t| t + MIN_PUBLISH_INTERVAL)
+    }
+
+    /// Unregisters a stream's endpoint after the lease grace, so a proxy that reconnects within
+    /// it causes no change at all.
+    pub fn disconnect(self: &Arc<Self>, stream: u64) {
+        if !self.registry.disconnect(stream) {
+            return;
+        }
+        let hub = Arc::downgrade(self);
+        let grace = self.lease_grace;
+        let expire = async move {
+            tokio::time::sleep(grace).await;
+            // A hub that is gone has no proxies left to tell.
+            let Some(hub) = hub.upgrade() else { return };
+            match hub.registry.expire(stream, &hub.store) {
+                Ok(Some(_)) => hub.changed(),
+                Ok(None) => {}
+                Err(err) => tracing::error!(%err, "cannot expire registration"),
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(expire);
+            }
+            Err(_) => tracing::warn!(stream, "no runtime to expire a registration on"),
+        }
+    }
+}
+
+/// Reads the version first, then the state: every change bumps the version after it is made,
+/// so the state read here holds at least everything up to that version.
+pub fn build(store: &Store, registry: &Registry) -> Result<Published, StoreError> {
+    let version = store.version();
+    let objects = store.get(None, None, None)?;
+    let views = registry.views();
+    Ok(Published {
+        version,
+        documents: documents(objects, views),
+        closing: false,
+    })
+}
+
+/// MeshConfig first, then ServicePolicies, then Endpoints, each by namespace and name. A
+/// registered service's addresses are merged into its stored Endpoints document, if any.
+fn documents(objects: Vec<Object>, views: Vec<(ServiceKey, ServiceView)>) -> Vec<pb::Document> {
+    let rank = |kind: &str| match kind {
+        "MeshConfig" => 0,
+        "ServicePolicy" => 1,
+        _ => 2,
+    };
+    let mut registered: BTreeMap<ServiceKey, ServiceView> = views.into_iter().collect();
+    let mut out: Vec<pb::Document> = Vec::with_capacity(objects.len() + registered.len());
+    for obj in objects {
+        if obj.kind == "Endpoints"
+            && let Some(view) = registered.remove(&(obj.namespace.clone(), obj.name.clone()))
+        {
+            let stored = match serde_json::from_str::<Document>(&obj.json) {
+                Ok(Document::Endpoints(e)) => Some(e.spec),
+                _ => {
+                    tracing::error!(
+                        namespace = obj.namespace,
+                        name = obj.name,
+                        "stored Endpoints document does not parse; using registrations only"
+                    );
+                    None
+                }
+            };
+            out.extend(synthesise(&obj.namespace, &obj.name, view, stored));
+            continue;
+        }
+        out.push(pb::Document {
+            kind: obj.kind,
+            namespace: obj.namespace,
+            name: obj.name,
+            revision: obj.revision,
+            json: obj.json,
+        });
+    }
+    for ((ns, service), view) in registered {
+        out.extend(synthesise(&ns, &service, view, None));
+    }
+    out.sort_by(|a, b| {
+        (rank(&a.kind), &a.namespace, &a.name).cmp(&(rank(&b.kind), &b.namespace, &b.name))
+    });
+    out
+}
+
+/// An Endpoints document for a registered service; the stored document's identity, if it names
+/// one, wins over the registrations'.
+fn synthesise(
+    ns: &str,
+    service: &str,
+    view: ServiceView,
+    stored: Option<EndpointsSpec>,
+) -> Option<pb::Document> {
+    let (mut addresses, identity) = match stored {
+        Some(spec) => (spec.addresses, spec.identity.or(view.identity)),
+        None => (Vec::new(), view.identity),
+    };
+    addresses.extend(view.addresses);
+    addresses.sort();
+    addresses.dedup();
+    let doc = Document::Endpoints(Endpoints {
+        metadata: Metadata {
+            name: service.to_string(),
+            namespace: ns.to_string(),
+        },
+        spec: EndpointsSpec {
+            addresses,
+            identity,
+        },
+    });
+    // Hellos are checked before they register, so this only guards against a rule change.
+    if let Err(errors) = weir_policy::validate("registrations", &doc) {
+        tracing::error!(%errors, "synthesised Endpoints document is invalid; leaving it out");
+        return None;
+    }
+    match serde_json::to_string(&doc) {
+        Ok(json) => Some(pb::Document {
+            kind: "Endpoints".into(),
+            namespace: ns.to_string(),
+            name: service.to_string(),
+            revision: 0,
+            json,
+        }),
+        Err(err) => {
+            tracing::error!(%err, "cannot serialise synthesised Endpoints document");
+            None
+        }
+    }
+}

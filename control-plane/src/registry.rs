@@ -1,0 +1,266 @@
+//! Live state that is not stored: endpoints registered by connected proxies (with their lease
+//! after a stream ends) and the status of every proxy seen since start.
+//!
+//! The snapshot version is bumped only when what proxies see changes (the address set or the
+//! agreed identity of a service), so a proxy that reconnects within its lease causes no push.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use weir_proto::discovery::v1::Hello;
+
+use crate::store::{Store, StoreError, now_unix_ms};
+
+/// `(namespace, service)`.
+pub type ServiceKey = (String, String);
+
+/// What one proxy said in its Hello, plus what it has answered since.
+#[derive(Debug)]
+pub struct ProxyState {
+    pub identity: String,
+    pub service: String,
+    pub namespace: String,
+    pub inbound_address: String,
+    pub proxy_version: String,
+    pub connected_since_unix_ms: i64,
+    connected: AtomicBool,
+    acked: AtomicU64,
+    // Rare, so a lock is fine; ACKs stay lock-free.
+    nack: Mutex<Option<(u64, String)>>,
+}
+
+impl ProxyState {
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn acked_version(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// `(version, errors joined by newlines)` of the last NACK.
+    pub fn last_nack(&self) -> Option<(u64, String)> {
+        lock(&self.nack).clone()
+    }
+
+    pub fn ack(&self, version: u64) {
+        self.acked.fetch_max(version, Ordering::Relaxed);
+    }
+
+    pub fn nack(&self, version: u64, errors: &[String]) {
+        *lock(&self.nack) = Some((version, errors.join("\n")));
+    }
+
+    fn same_proxy(&self, other: &ProxyState) -> bool {
+        self.identity == other.identity
+            && self.service == other.service
+            && self.namespace == other.namespace
+            && self.inbound_address == other.inbound_address
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Registration {
+    stream: u64,
+    address: SocketAddr,
+    identity: String,
+    /// Set when the stream ended; the registration goes away at the next expiry after this.
+    leased: bool,
+}
+
+/// What proxies see of one registered service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceView {
+    /// Sorted, without duplicates.
+    pub addresses: Vec<SocketAddr>,
+    /// Set when every registration names the same, non-empty identity.
+    pub identity: Option<String>,
+}
+
+/// One registered endpoint, for `weirctl endpoints`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub address: SocketAddr,
+    pub identity: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_stream: u64,
+    services: BTreeMap<ServiceKey, Vec<Registration>>,
+    proxies: HashMap<u64, Arc<ProxyState>>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+}
+
+/// A registration's handle: the stream id to pass back to [`Registry::disconnect`].
+pub struct Connected {
+    pub stream: u64,
+    pub state: Arc<ProxyState>,
+    /// The snapshot version that includes this registration.
+    pub version: u64,
+}
+
+// === impl Registry ===
+
+impl Registry {
+    /// Records a proxy and, when `address` is set, registers it as an endpoint of its service.
+    pub fn connect(
+        &self,
+        hello: &Hello,
+        identity: String,
+        address: Option<SocketAddr>,
+        store: &Store,
+    ) -> Result<Connected, StoreError> {
+        let state = Arc::new(ProxyState {
+            identity: identity.clone(),
+            service: hello.service.clone(),
+            namespace: hello.namespace.clone(),
+            inbound_address: hello.inbound_address.clone(),
+            proxy_version: hello.proxy_version.clone(),
+            connected_since_unix_ms: now_unix_ms(),
+            connected: AtomicBool::new(true),
+            acked: AtomicU64::new(0),
+            nack: Mutex::new(None),
+        });
+        let mut inner = self.lock();
+        inner.next_stream += 1;
+        let stream = inner.next_stream;
+        // One status row per proxy, not per connection: a reconnect replaces the old row.
+        inner
+            .proxies
+            .retain(|_, old| old.connected() || !old.same_proxy(&state));
+        inner.proxies.insert(stream, state.clone());
+        let mut version = store.version();
+        if let Some(address) = address {
+            let key = (hello.namespace.clone(), hello.service.clone());
+            let regs = inner.services.entry(key).or_default();
+            let before = view(regs);
+            regs.push(Registration {
+                stream,
+                address,
+                identity,
+                leased: false,
+            });
+            if view(regs) != before {
+                // Bumped under the registry lock: a snapshot built from version >= this one
+                // reads the registry afterwards and so includes the registration.
+                version = store.bump_version()?;
+            }
+        }
+        Ok(Connected {
+            stream,
+            state,
+            version,
+        })
+    }
+
+    /// Marks the proxy disconnected and starts its registration's lease. Returns whether there
+    /// is a registration for [`Registry::expire`] to remove later.
+    pub fn disconnect(&self, stream: u64) -> bool {
+        let mut inner = self.lock();
+        if let Some(state) = inner.proxies.get(&stream).cloned() {
+            state.connected.store(false, Ordering::Relaxed);
+            // The proxy already reconnected (the new stream won the race): keep only its row.
+            let replaced = inner
+                .proxies
+                .iter()
+                .any(|(id, other)| *id != stream && other.connected() && other.same_proxy(&state));
+            if replaced {
+                inner.proxies.remove(&stream);
+            }
+        }
+        let mut leased = false;
+        for regs in inner.services.values_mut() {
+            for reg in regs.iter_mut().filter(|r| r.stream == stream) {
+                reg.leased = true;
+                leased = true;
+            }
+        }
+        leased
+    }
+
+    /// Removes the leased registration of `stream`. Returns the new version when what proxies
+    /// see changed.
+    pub fn expire(&self, stream: u64, store: &Store) -> Result<Option<u64>, StoreError> {
+        let mut inner = self.lock();
+        let mut changed = false;
+        inner.services.retain(|_, regs| {
+            if regs.iter().any(|r| r.stream == stream && r.leased) {
+                let before = view(regs);
+                regs.retain(|r| !(r.stream == stream && r.leased));
+                changed |= view(regs) != before;
+            }
+            !regs.is_empty()
+        });
+        if changed {
+            return store.bump_version().map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Every registered service as proxies should see it.
+    pub fn views(&self) -> Vec<(ServiceKey, ServiceView)> {
+        let inner = self.lock();
+        inner
+            .services
+            .iter()
+            .map(|(key, regs)| (key.clone(), view(regs)))
+            .collect()
+    }
+
+    /// Registered endpoints (leased ones included: proxies still get them), one per address.
+    pub fn endpoints(&self) -> Vec<(ServiceKey, Vec<Registered>)> {
+        let inner = self.lock();
+        inner
+            .services
+            .iter()
+            .map(|(key, regs)| {
+                let mut out: Vec<Registered> = regs
+                    .iter()
+                    .map(|r| Registered {
+                        address: r.address,
+                        identity: r.identity.clone(),
+                    })
+                    .collect();
+                out.sort_by(|a, b| (a.address, &a.identity).cmp(&(b.address, &b.identity)));
+                out.dedup();
+                (key.clone(), out)
+            })
+            .collect()
+    }
+
+    /// Every proxy seen since start, connected or not.
+    pub fn proxies(&self) -> Vec<Arc<ProxyState>> {
+        self.lock().proxies.values().cloned().collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+}
+
+fn view(regs: &[Registration]) -> ServiceView {
+    let mut addresses: Vec<SocketAddr> = regs.iter().map(|r| r.address).collect();
+    addresses.sort();
+    addresses.dedup();
+    let first = regs.first().map(|r| r.identity.as_str()).unwrap_or("");
+    let agreed = !first.is_empty() && regs.iter().all(|r| r.identity == first);
+    ServiceView {
+        addresses,
+        identity: agreed.then(|| first.to_string()),
+    }
+}
+
+/// The data behind these locks stays consistent across a panic (single assignments), so a
+/// poisoned lock is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,186 @@
+//! Wiring: open the store, make or read the admin token, bind, and serve Discovery and Admin on
+//! one port until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use weir_proto::admin::v1::admin_server::AdminServer;
+use weir_proto::discovery::v1::discovery_server::DiscoveryServer;
+
+use crate::admin::AdminService;
+use crate::discovery::DiscoveryService;
+use crate::hub::Hub;
+use crate::store::{Store, StoreError};
+use crate::token::{AdminToken, TokenError};
+
+pub const STORE_FILE: &str = "store.redb";
+
+const MAX_STREAMS_PER_CONNECTION: u32 = 16_384;
+
+/// How long shutdown waits for streams and in-flight calls before giving up on them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub trust_domain: String,
+    /// How long a proxy's endpoint stays registered after its stream ends.
+    pub lease_grace: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults of design §3 with the given data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8090)),
+            data_dir: data_dir.into(),
+            trust_domain: "weir.local".into(),
+            lease_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("cannot open store {path}: {source}")]
+    Store { path: PathBuf, source: StoreError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A server with its store open and its port bound, not yet serving. Binding first lets tests
+/// and benchmarks use port 0 and learn the address before anything connects.
+pub struct Bound {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    token: AdminToken,
+    hub: Arc<Hub>,
+}
+
+/// Opens the data directory (store, admin token) and binds the listener.
+pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
+    let token = AdminToken::load_or_create(&config.data_dir)?;
+    let path = config.data_dir.join(STORE_FILE);
+    let open = |path: &Path| -> Result<Arc<Hub>, StoreError> {
+        let store = Store::open(path)?;
+        Hub::new(store, config.trust_domain.clone(), config.lease_grace)
+    };
+    let hub = open(&path).map_err(|source| ServerError::Store {
+        path: path.clone(),
+        source,
+    })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    Ok(Bound {
+        listener,
+        local_addr,
+        token,
+        hub,
+    })
+}
+
+/// Binds and serves until `shutdown` completes.
+pub async fn serve(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    bind(config).await?.serve(shutdown).await
+}
+
+impl Bound {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn token(&self) -> &AdminToken {
+        &self.token
+    }
+
+    /// Serves until `shutdown` completes, then ends every discovery stream (so the graceful
+    /// drain is not held open by streams that never end on their own) and waits up to
+    /// [`DRAIN_TIMEOUT`] for in-flight calls.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let Bound {
+            listener,
+            local_addr,
+            token,
+            hub,
+        } = self;
+        let publisher = tokio::spawn(hub.clone().publish());
+        let token = Arc::new(token);
+        let check = move |request: tonic::Request<()>| token.check(&request).map(|()| request);
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            // Finds proxies that vanished without closing their connection, so their leases
+            // start instead of lingering until the kernel gives up on the socket.
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // hyper's default of 200 streams per connection would stall a client (a benchmark,
+            // a node agent) that multiplexes many proxies' streams over one connection.
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .add_service(DiscoveryServer::new(DiscoveryService::new(hub.clone())))
+            .add_service(AdminServer::with_interceptor(
+                AdminService::new(hub.clone()),
+                check,
+            ));
+        tracing::info!("weir-control listening on {local_addr}");
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let closing_hub = hub.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            closing_hub.close();
+            let _ = drained_tx.send(());
+        };
+        let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        tokio::pin!(server);
+        let deadline = async {
+            if drained_rx.await.is_ok() {
+                tokio::time::sleep(DRAIN_TIMEOUT).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let result = tokio::select! {
+            result = &mut server => result,
+            () = deadline => {
+                tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+                Ok(())
+            }
+        };
+        publisher.abort();
+        let _ = publisher.await;
+        release(hub).await;
+        result.map_err(ServerError::from)
+    }
+}
+
+/// Waits briefly for stream tasks to drop their handles, so the store file is closed when
+/// `serve` returns and the same process (a test, a benchmark) can open it again.
+async fn release(hub: Arc<Hub>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while Arc::strong_count(&hub) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
