@@ -418,3 +418,149 @@ async fn a_snapshot_the_proxy_cannot_apply_is_nacked_and_the_last_good_kept() {
     })
     .await;
 }
+
+/// Each case: a document body (after `apiVersion`), and what the error must name.
+const INVALID: &[(&str, &str)] = &[
+    (
+        "kind: ServicePolicy\nmetadata: { name: p, namespace: shop }\nspec: { service: p, retries: { attempts: two } }\n",
+        "spec.retries.attempts",
+    ),
+    (
+        "kind: ServicePolicy\nmetadata: { name: p, namespace: shop }\nspec: { service: p, bogus: 1 }\n",
+        "bogus",
+    ),
+    (
+        "kind: ServicePolicy\nmetadata: { name: p, namespace: shop }\nspec: { service: p, timeouts: { request: 10 parsecs } }\n",
+        "spec.timeouts.request",
+    ),
+    (
+        "kind: ServicePolicy\nmetadata: { name: p, namespace: shop }\nspec: { service: p, timeouts: { request: -1s } }\n",
+        "spec.timeouts.request",
+    ),
+    (
+        "kind: ServicePolicy\nmetadata: { name: p, namespace: shop }\nspec: { service: p, timeouts: { request: 1s, perTry: 2s } }\n",
+        "spec.timeouts.perTry",
+    ),
+    (
+        "kind: ServicePolicy\nmetadata: { name: p, namespace: shop }\nspec: { service: p, routes: [ { name: r, backends: [ { service: a, weight: 0 } ] } ] }\n",
+        "spec.routes[0].backends",
+    ),
+    (
+        "kind: ServicePolicy\nmetadata: { name: p, namespace: shop }\nspec: { service: p, routes: [ { name: r, backends: [] } ] }\n",
+        "spec.routes[0].backends",
+    ),
+    (
+        "kind: ServicePolicy\nmetadata: { name: p, namespace: shop }\nspec: { service: p, retries: { attempts: 2, on: [reset], budget: { percent: 250 } } }\n",
+        "spec.retries.budget.percent",
+    ),
+    (
+        "kind: ServicePolicy\nmetadata: { name: p, namespace: shop }\nspec: { service: p, circuitBreaker: { consecutiveFailures: 5, ejection: { base: 30s, max: 5m, maxPercent: 101 } } }\n",
+        "spec.circuitBreaker.ejection.maxPercent",
+    ),
+    (
+        "kind: ServicePolicy\nmetadata: { name: p, namespace: shop }\nspec: { service: p, fault: { abort: { percent: 120, status: 503 } } }\n",
+        "spec.fault.abort.percent",
+    ),
+    (
+        "kind: ServicePolicy\nmetadata: { name: p, namespace: shop }\nspec: { service: p, fault: { abort: { percent: 1, status: 999 } } }\n",
+        "spec.fault.abort.status",
+    ),
+    (
+        "kind: ServicePolicy\nmetadata: { name: p, namespace: shop }\nspec: { service: p, bulkhead: { maxConcurrent: 0, maxPending: 1, pendingTimeout: 1s } }\n",
+        "spec.bulkhead.maxConcurrent",
+    ),
+    (
+        "kind: ServicePolicy\nmetadata: { name: p, namespace: shop }\nspec: { service: p, retries: { attempts: 2, on: [sometimes] } }\n",
+        "spec.retries.on",
+    ),
+    (
+        "kind: ServicePolicy\nmetadata: { name: p, namespace: shop }\nspec: { service: p, routes: [ { name: r, match: { pathPrefix: api }, backends: [ { service: a } ] } ] }\n",
+        "spec.routes[0].match.pathPrefix",
+    ),
+    (
+        "kind: ServicePolicy\nmetadata: { name: p, namespace: shop }\nspec: { service: p, authorization: { mode: allowList, allow: [ \"http://nope\" ] } }\n",
+        "spec.authorization.allow[0]",
+    ),
+    (
+        "kind: ServicePolicy\nmetadata: { name: Bad_Name, namespace: shop }\nspec: { service: p }\n",
+        "metadata.name",
+    ),
+    (
+        "kind: ServicePolicy\nmetadata: { namespace: shop }\nspec: { service: p }\n",
+        "metadata.name",
+    ),
+    ("kind: Gateway\nmetadata: { name: p }\nspec: {}\n", "kind"),
+    (
+        "kind: Endpoints\nmetadata: { name: e, namespace: shop }\nspec: { addresses: [\"nonsense\"] }\n",
+        "spec.addresses[0]",
+    ),
+    (
+        "kind: Endpoints\nmetadata: { name: e, namespace: shop }\nspec: { addresses: [\"10.0.0.1:4143\"], identity: \"spiffe://x\" }\n",
+        "spec.identity",
+    ),
+    (
+        "kind: MeshConfig\nmetadata: { name: default }\nspec: { mtls: sometimes }\n",
+        "spec.mtls",
+    ),
+    (
+        "kind: MeshConfig\nmetadata: { name: default }\nspec: { tracing: { sampling: 1.5 } }\n",
+        "spec.tracing.sampling",
+    ),
+    // Duplicate names in one file.
+    (
+        "kind: Endpoints\nmetadata: { name: e, namespace: shop }\nspec: { addresses: [\"10.0.0.1:4143\"] }\n---\napiVersion: weir/v1\nkind: Endpoints\nmetadata: { name: e, namespace: shop }\nspec: { addresses: [\"10.0.0.2:4143\"] }\n",
+        "duplicate",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_documents_are_rejected_with_their_field_path_and_change_nothing() {
+    within(TEST_TIMEOUT, "invalid documents", async {
+        let dir = TestDir::new("cp-invalid").expect("dir");
+        let cp = ControlPlane::start(&dir.join("data"), dir.path()).await;
+        let good = dir.join("good.yaml");
+        std::fs::write(
+            &good,
+            config::documents(&[config::MESH_PERMISSIVE, &split(90, 10)]),
+        )
+        .expect("write");
+        cp.weirctl_ok(&["apply", "-f", good.to_str().expect("utf-8 path")]);
+        let before = (
+            cp.weirctl_ok(&["get", "servicepolicy", "-o", "json"]),
+            cp.weirctl_ok(&["get", "meshconfig", "-o", "json"]),
+            cp.weirctl_ok(&["get", "endpoints", "-o", "json"]),
+        );
+        assert!(INVALID.len() >= 20);
+        for (i, (body, path)) in INVALID.iter().enumerate() {
+            let file = dir.join(&format!("bad{i}.yaml"));
+            // Each bad document rides with a valid change, so all-or-nothing is tested too.
+            let text = format!("{}---\napiVersion: weir/v1\n{body}", split(0, 100));
+            std::fs::write(&file, text).expect("write");
+            let out = cp.weirctl(&["apply", "-f", file.to_str().expect("utf-8 path")]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "case {i} must fail: {body}\nstderr: {stderr}"
+            );
+            assert!(
+                stderr.contains(path),
+                "case {i}: error must name {path:?}:\n{stderr}"
+            );
+            assert!(
+                stderr.contains(&format!("bad{i}.yaml")),
+                "case {i}: error must name the file:\n{stderr}"
+            );
+        }
+        let after = (
+            cp.weirctl_ok(&["get", "servicepolicy", "-o", "json"]),
+            cp.weirctl_ok(&["get", "meshconfig", "-o", "json"]),
+            cp.weirctl_ok(&["get", "endpoints", "-o", "json"]),
+        );
+        assert_eq!(
+            before, after,
+            "a rejected apply must leave the store unchanged"
+        );
+    })
+    .await;
+}
