@@ -71,10 +71,11 @@ impl ControlPlane {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("spawn weirctl");
-        if let Some(mut pipe) = child.stdin.take() {
-            if let Some(text) = stdin {
-                pipe.write_all(text.as_bytes()).expect("weirctl stdin");
-            }
+        // Dropping the pipe closes stdin, so weirctl never waits for input nobody sends.
+        if let Some(mut pipe) = child.stdin.take()
+            && let Some(text) = stdin
+        {
+            pipe.write_all(text.as_bytes()).expect("weirctl stdin");
         }
         child.wait_with_output().expect("weirctl output")
     }
