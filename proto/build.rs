@@ -1,9 +1,10 @@
 //! Compiles Weir's protos with a vendored `protoc`, so a fresh machine needs nothing from apt.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    const PROTOS: [&str; 2] = [
+    const PROTOS: [&str; 3] = [
         "proto/weir/discovery/v1/discovery.proto",
         "proto/weir/admin/v1/admin.proto",
+        "proto/weir/identity/v1/identity.proto",
     ];
     for p in PROTOS {
         println!("cargo:rerun-if-changed={p}");

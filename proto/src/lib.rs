@@ -1,5 +1,5 @@
-//! gRPC contracts of Weir: `weir.discovery.v1` (control plane → proxies) and `weir.admin.v1`
-//! (weirctl → control plane). Versioned packages: a breaking change gets a new `v2` package
+//! gRPC contracts of Weir: `weir.discovery.v1` (control plane → proxies), `weir.identity.v1`
+//! (certificates for proxies) and `weir.admin.v1` (weirctl → control plane). Versioned packages: a breaking change gets a new `v2` package
 //! served alongside the old one.
 
 pub mod discovery {
@@ -11,5 +11,11 @@ pub mod discovery {
 pub mod admin {
     pub mod v1 {
         tonic::include_proto!("weir.admin.v1");
+    }
+}
+
+pub mod identity {
+    pub mod v1 {
+        tonic::include_proto!("weir.identity.v1");
     }
 }
