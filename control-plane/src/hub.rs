@@ -196,7 +196,7 @@ fn documents(objects: Vec<Object>, views: Vec<(ServiceKey, ServiceView)>) -> Vec
             namespace: obj.namespace,
             name: obj.name,
             revision: obj.revision,
-            json: obj.json,
+            json: obj.json.into(),
         });
     }
     for ((ns, service), view) in registered {
@@ -244,7 +244,7 @@ fn synthesise(
             namespace: ns.to_string(),
             name: service.to_string(),
             revision: 0,
-            json,
+            json: json.into(),
         }),
         Err(err) => {
             tracing::error!(%err, "cannot serialise synthesised Endpoints document");

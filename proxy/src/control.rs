@@ -198,7 +198,7 @@ fn decode(
     let mut errors = Vec::new();
     let mut docs = Vec::with_capacity(documents.len());
     for d in documents {
-        match serde_json::from_str::<Document>(&d.json) {
+        match serde_json::from_slice::<Document>(&d.json) {
             Ok(doc) => match weir_policy::validate(&source, &doc) {
                 Ok(()) => docs.push(doc),
                 Err(e) => errors.extend(e.0),
@@ -255,7 +255,7 @@ mod tests {
 
     fn doc(json: &str) -> weir_proto::discovery::v1::Document {
         weir_proto::discovery::v1::Document {
-            json: json.into(),
+            json: json.to_owned().into(),
             ..Default::default()
         }
     }

@@ -12,7 +12,7 @@ fn endpoints_of(snapshot: &Snapshot, service: &str) -> Option<weir_policy::Endpo
         .documents
         .iter()
         .find(|d| d.kind == "Endpoints" && d.name == service)?;
-    match serde_json::from_str::<Document>(&doc.json) {
+    match serde_json::from_slice::<Document>(&doc.json) {
         Ok(parsed @ Document::Endpoints(_)) => {
             weir_policy::validate("snapshot", &parsed).expect("synthesised document is valid");
             match parsed {
