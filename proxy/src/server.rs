@@ -1,12 +1,19 @@
 //! What the inbound and outbound listeners share: hyper server settings and the accept loop.
+use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::body::ProxyBody;
+use crate::detect::{self, Detected};
 use crate::drain::Drain;
+use crate::metrics::{ConnectionMetrics, Protocol};
 
 /// Per-stream and per-connection HTTP/2 receive windows (see client::h2 for the reasoning).
 const STREAM_WINDOW: u32 = 1024 * 1024;
@@ -32,6 +39,47 @@ impl Servers {
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
         Servers { http1: h1, h2 }
+    }
+}
+
+impl Servers {
+    /// Serves one HTTP connection (HTTP/1 with upgrades, or h2 with prior knowledge) with
+    /// `handle` until it closes or the drain finishes it.
+    pub async fn serve_http<F, Fut>(
+        &self,
+        drain: &Drain,
+        conns: &ConnectionMetrics,
+        stream: TcpStream,
+        h2: bool,
+        handle: F,
+    ) where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+    {
+        conns.protocol(if h2 { Protocol::H2 } else { Protocol::Http1 });
+        let svc = service_fn(move |req| {
+            let handle = handle.clone();
+            async move { Ok::<_, Infallible>(handle(req).await) }
+        });
+        let io = TokioIo::new(stream);
+        if h2 {
+            drain.serve(self.h2.serve_connection(io, svc)).await;
+        } else {
+            drain
+                .serve(self.http1.serve_connection(io, svc).with_upgrades())
+                .await;
+        }
+    }
+}
+
+/// Peeks at the first bytes; `None` (logged) when the socket failed before saying anything.
+pub async fn detect(stream: &TcpStream, timeout: Duration, side: &'static str) -> Option<Detected> {
+    match detect::detect(stream, timeout).await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::debug!(side, error = %e, "protocol detection failed");
+            None
+        }
     }
 }
 

@@ -1,6 +1,5 @@
 //! The callee's side: connections from other proxies (or, in permissive mode, plain clients)
 //! are delivered to the local application.
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -9,8 +8,6 @@ use std::time::{Duration, Instant};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use weir_policy::MtlsMode;
@@ -19,7 +16,7 @@ use crate::body::ProxyBody;
 use crate::client::h2::H2Slot;
 use crate::client::http1::{AppClient, app_client};
 use crate::config::ConfigStore;
-use crate::detect::{self, Detected, PREAMBLE_LEN, PREAMBLE_MAGIC};
+use crate::detect::{Detected, PREAMBLE_LEN, PREAMBLE_MAGIC};
 use crate::drain::Drain;
 use crate::errors::ProxyError;
 use crate::headers::{self, X_WEIR_ORIG_PROTO};
@@ -77,32 +74,22 @@ impl Inbound {
             return;
         }
         let orig_dst = crate::orig_dst::original_dst(&stream);
-        let detected = match detect::detect(&stream, self.detect_timeout).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::debug!(error = %e, "inbound detect failed");
-                return;
-            }
+        let Some(detected) = crate::server::detect(&stream, self.detect_timeout, "inbound").await
+        else {
+            return;
         };
         let conns = &self.metrics.inbound_connections;
         match detected {
             Detected::Http1 | Detected::H2 => {
-                let h2 = detected == Detected::H2;
-                conns.protocol(if h2 { Protocol::H2 } else { Protocol::Http1 });
                 let this = self.clone();
-                let svc = service_fn(move |req| {
+                let handle = move |req| {
                     let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.proxy(req).await) }
-                });
-                let io = TokioIo::new(stream);
-                if h2 {
-                    self.drain
-                        .serve(self.servers.h2.serve_connection(io, svc))
-                        .await;
-                } else {
-                    let conn = self.servers.http1.serve_connection(io, svc).with_upgrades();
-                    self.drain.serve(conn).await;
-                }
+                    async move { this.proxy(req).await }
+                };
+                let h2 = detected == Detected::H2;
+                self.servers
+                    .serve_http(&self.drain, conns, stream, h2, handle)
+                    .await;
             }
             Detected::Preamble => {
                 conns.protocol(Protocol::Opaque);

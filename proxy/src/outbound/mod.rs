@@ -3,14 +3,12 @@
 mod mesh;
 mod passthrough;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -77,32 +75,22 @@ impl Outbound {
     async fn connection(self: Arc<Self>, stream: TcpStream) {
         let _open = self.metrics.outbound_connections.open();
         let orig_dst = crate::orig_dst::original_dst(&stream);
-        let detected = match detect::detect(&stream, self.detect_timeout).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::debug!(error = %e, "outbound detect failed");
-                return;
-            }
+        let Some(detected) = crate::server::detect(&stream, self.detect_timeout, "outbound").await
+        else {
+            return;
         };
         let conns = &self.metrics.outbound_connections;
         match detected {
             Detected::Http1 | Detected::H2 => {
-                let h2 = detected == Detected::H2;
-                conns.protocol(if h2 { Protocol::H2 } else { Protocol::Http1 });
                 let this = self.clone();
-                let svc = service_fn(move |req| {
+                let handle = move |req| {
                     let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.proxy(req, orig_dst).await) }
-                });
-                let io = TokioIo::new(stream);
-                if h2 {
-                    self.drain
-                        .serve(self.servers.h2.serve_connection(io, svc))
-                        .await;
-                } else {
-                    let conn = self.servers.http1.serve_connection(io, svc).with_upgrades();
-                    self.drain.serve(conn).await;
-                }
+                    async move { this.proxy(req, orig_dst).await }
+                };
+                let h2 = detected == Detected::H2;
+                self.servers
+                    .serve_http(&self.drain, conns, stream, h2, handle)
+                    .await;
             }
             Detected::Opaque | Detected::Preamble => {
                 conns.protocol(Protocol::Opaque);
