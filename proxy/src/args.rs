@@ -97,6 +97,16 @@ pub struct RunArgs {
     /// TCP (server-speaks-first protocols).
     #[arg(long, env = "WEIR_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub detect_timeout: Duration,
+
+    /// Destination ports proxied as opaque TCP without protocol detection (server-speaks-first
+    /// protocols: SMTP, MySQL, PostgreSQL, Redis, Memcached, ...). Comma-separated.
+    #[arg(
+        long,
+        env = "WEIR_OPAQUE_PORTS",
+        value_delimiter = ',',
+        default_value = "25,587,3306,4444,5432,6379,9300,11211"
+    )]
+    pub opaque_ports: Vec<u16>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -126,18 +126,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         drain: drain.clone(),
     });
     tokio::spawn(admin.clone().serve(admin_listener));
+    let detect = server::DetectSettings {
+        timeout: args.detect_timeout,
+        opaque_ports: args.opaque_ports.clone(),
+    };
     let outbound = outbound::Outbound::new(
         config.clone(),
         metrics.clone(),
         args.peer_protocol,
-        args.detect_timeout,
+        detect.clone(),
         drain.clone(),
     );
     let inbound = inbound::Inbound::new(
         config.clone(),
         metrics.clone(),
         args.app_addr,
-        args.detect_timeout,
+        detect,
         drain.clone(),
     );
     let outbound_task = tokio::spawn(outbound.serve(outbound_listener));

@@ -72,9 +72,27 @@ impl Servers {
     }
 }
 
+/// How the listeners tell protocols apart.
+#[derive(Debug, Clone)]
+pub struct DetectSettings {
+    /// How long to wait for a client's first bytes before treating it as opaque.
+    pub timeout: Duration,
+    /// Original destination ports that are opaque without looking: server-speaks-first
+    /// protocols (SMTP, MySQL, ...) would otherwise wait out the timeout on every connection.
+    pub opaque_ports: Vec<u16>,
+}
+
 /// Peeks at the first bytes; `None` (logged) when the socket failed before saying anything.
-pub async fn detect(stream: &TcpStream, timeout: Duration, side: &'static str) -> Option<Detected> {
-    match detect::detect(stream, timeout).await {
+pub async fn detect(
+    stream: &TcpStream,
+    settings: &DetectSettings,
+    orig_dst: Option<std::net::SocketAddr>,
+    side: &'static str,
+) -> Option<Detected> {
+    if orig_dst.is_some_and(|d| settings.opaque_ports.contains(&d.port())) {
+        return Some(Detected::Opaque);
+    }
+    match detect::detect(stream, settings.timeout).await {
         Ok(d) => Some(d),
         Err(e) => {
             tracing::debug!(side, error = %e, "protocol detection failed");

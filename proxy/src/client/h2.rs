@@ -34,6 +34,12 @@ pub enum H2Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("HTTP/2 connection to {addr} closed: {source}")]
+    Closed {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
     #[error("HTTP/2 handshake with {addr}: {source}")]
     Handshake {
         addr: SocketAddr,
@@ -51,8 +57,24 @@ impl H2Slot {
         })
     }
 
-    /// A ready sender on a live connection, connecting if there is none.
-    pub async fn sender(&self) -> Result<SendRequest<ProxyBody>, H2Error> {
+    /// A sender ready for one more stream. A pooled connection can die between the liveness
+    /// check and use (the peer restarted or sent GOAWAY); then one fresh connection is tried,
+    /// which is safe because nothing of the request has been sent yet.
+    pub async fn ready_sender(&self) -> Result<SendRequest<ProxyBody>, H2Error> {
+        let mut send = self.sender().await?;
+        if send.ready().await.is_ok() {
+            return Ok(send);
+        }
+        let mut send = self.sender().await?;
+        send.ready().await.map_err(|source| H2Error::Closed {
+            addr: self.addr,
+            source,
+        })?;
+        Ok(send)
+    }
+
+    /// A sender on a live connection, connecting if there is none.
+    async fn sender(&self) -> Result<SendRequest<ProxyBody>, H2Error> {
         if let Some(s) = self.live() {
             return Ok(s);
         }

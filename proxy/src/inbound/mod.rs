@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
@@ -21,7 +21,7 @@ use crate::drain::Drain;
 use crate::errors::ProxyError;
 use crate::headers::{self, X_WEIR_ORIG_PROTO};
 use crate::metrics::{Direction, Metrics, Protocol, TrafficMetrics};
-use crate::server::Servers;
+use crate::server::{DetectSettings, Servers};
 
 pub struct Inbound {
     config: Arc<ConfigStore>,
@@ -30,7 +30,7 @@ pub struct Inbound {
     app_addr: SocketAddr,
     app: AppClient,
     app_h2: Arc<H2Slot>,
-    detect_timeout: Duration,
+    detect: DetectSettings,
     servers: Servers,
     drain: Drain,
 }
@@ -40,7 +40,7 @@ impl Inbound {
         config: Arc<ConfigStore>,
         metrics: Arc<Metrics>,
         app_addr: SocketAddr,
-        detect_timeout: Duration,
+        detect: DetectSettings,
         drain: Drain,
     ) -> Arc<Self> {
         let local = config.local().clone();
@@ -51,7 +51,7 @@ impl Inbound {
             app_addr,
             app: app_client(app_addr),
             app_h2: H2Slot::new(app_addr),
-            detect_timeout,
+            detect,
             servers: Servers::new(),
             drain,
         })
@@ -74,7 +74,8 @@ impl Inbound {
             return;
         }
         let orig_dst = crate::orig_dst::original_dst(&stream);
-        let Some(detected) = crate::server::detect(&stream, self.detect_timeout, "inbound").await
+        let Some(detected) =
+            crate::server::detect(&stream, &self.detect, orig_dst, "inbound").await
         else {
             return;
         };
@@ -157,11 +158,10 @@ impl Inbound {
                     }
                 })?
         } else {
-            let mut send = self.app_h2.sender().await.map_err(|e| {
+            let mut send = self.app_h2.ready_sender().await.map_err(|e| {
                 tracing::debug!(error = %e, "h2 connection to the app failed");
                 ProxyError::ConnectFailure
             })?;
-            send.ready().await.map_err(|_| ProxyError::ConnectFailure)?;
             send.send_request(req.map(ProxyBody::Incoming))
                 .await
                 .map_err(|_| ProxyError::Reset)?

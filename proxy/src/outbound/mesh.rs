@@ -78,11 +78,10 @@ impl Outbound {
             *req.version_mut() = Version::HTTP_2;
         }
         headers::strip_hop_by_hop(req.headers_mut());
-        let mut send = ep.h2.sender().await.map_err(|e| {
+        let mut send = ep.h2.ready_sender().await.map_err(|e| {
             tracing::debug!(service = %svc.name, backend = %backend.name, error = %e, "peer connection failed");
             ProxyError::ConnectFailure
         })?;
-        send.ready().await.map_err(|_| ProxyError::ConnectFailure)?;
         let mut rsp = send
             .send_request(req.map(ProxyBody::Incoming))
             .await

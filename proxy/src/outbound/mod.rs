@@ -5,7 +5,6 @@ mod passthrough;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -20,7 +19,7 @@ use crate::drain::Drain;
 use crate::errors::ProxyError;
 use crate::headers;
 use crate::metrics::{Direction, Metrics, Protocol, TrafficMetrics};
-use crate::server::Servers;
+use crate::server::{DetectSettings, Servers};
 
 /// How HTTP/1 requests travel between proxies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -38,7 +37,7 @@ pub struct Outbound {
     direct: DirectClient,
     direct_h2: DirectClient,
     peer_protocol: PeerProtocol,
-    detect_timeout: Duration,
+    detect: DetectSettings,
     servers: Servers,
     drain: Drain,
 }
@@ -48,7 +47,7 @@ impl Outbound {
         config: Arc<ConfigStore>,
         metrics: Arc<Metrics>,
         peer_protocol: PeerProtocol,
-        detect_timeout: Duration,
+        detect: DetectSettings,
         drain: Drain,
     ) -> Arc<Self> {
         Arc::new(Outbound {
@@ -58,7 +57,7 @@ impl Outbound {
             direct: direct_client(),
             direct_h2: direct_h2_client(),
             peer_protocol,
-            detect_timeout,
+            detect,
             servers: Servers::new(),
             drain,
         })
@@ -75,7 +74,8 @@ impl Outbound {
     async fn connection(self: Arc<Self>, stream: TcpStream) {
         let _open = self.metrics.outbound_connections.open();
         let orig_dst = crate::orig_dst::original_dst(&stream);
-        let Some(detected) = crate::server::detect(&stream, self.detect_timeout, "outbound").await
+        let Some(detected) =
+            crate::server::detect(&stream, &self.detect, orig_dst, "outbound").await
         else {
             return;
         };
