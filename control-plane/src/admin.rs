@@ -10,15 +10,36 @@ use weir_proto::admin::v1 as pb;
 use weir_proto::admin::v1::admin_server::Admin;
 
 use crate::hub::Hub;
-use crate::store::{Object, StoreError};
+use crate::identity::Authority;
+use crate::store::{Object, StoreError, TokenRecord};
+
+/// Lifetime of a workload token when the request leaves it at 0 (`weirctl token create`
+/// without `--ttl` sends its own default of the same value).
+pub const DEFAULT_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(8760 * 3600);
 
 pub struct AdminService {
     hub: Arc<Hub>,
+    authority: Arc<Authority>,
 }
 
 impl AdminService {
-    pub fn new(hub: Arc<Hub>) -> Self {
-        AdminService { hub }
+    pub fn new(hub: Arc<Hub>, authority: Arc<Authority>) -> Self {
+        AdminService { hub, authority }
+    }
+
+    /// Like [`Self::with_store`], for calls that go through the identity authority (which
+    /// writes to the store too).
+    async fn with_authority<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Authority) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let authority = self.authority.clone();
+        tokio::task::spawn_blocking(move || f(&authority))
+            .await
+            .map_err(|err| {
+                tracing::error!(%err, "token task failed");
+                Status::internal("token task failed; see the control plane's log")
+            })?
     }
 
     /// Store calls block on disk (fsync on commit), so they run on the blocking pool rather
@@ -79,10 +100,26 @@ fn status(err: StoreError) -> Status {
         StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
         StoreError::Precondition(why) => Status::failed_precondition(why),
         StoreError::Invalid(errors) => Status::invalid_argument(errors.to_string()),
-        err @ (StoreError::Db(_) | StoreError::Corrupt { .. }) => {
+        err @ (StoreError::Db(_) | StoreError::Corrupt { .. } | StoreError::Private { .. }) => {
             tracing::error!(%err, "store error");
             Status::internal(format!("{err}"))
         }
+    }
+}
+
+fn token_info(record: TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        identity: crate::identity::token::spiffe_id(
+            &record.trust_domain,
+            &record.namespace,
+            &record.service_account,
+        ),
+        id: record.id,
+        namespace: record.namespace,
+        service_account: record.service_account,
+        created_unix_ms: record.created_unix_ms,
+        expires_unix_ms: record.expires_unix_ms,
+        revoked: record.revoked,
     }
 }
 
@@ -340,6 +377,62 @@ impl Admin for AdminService {
                     endpoints,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let req = request.into_inner();
+        let ttl = match req.ttl_seconds {
+            0 => DEFAULT_TOKEN_TTL,
+            secs => std::time::Duration::from_secs(secs),
+        };
+        let (token, record) = self
+            .with_authority(move |authority| {
+                authority.create_token(&req.namespace, &req.service_account, ttl)
+            })
+            .await?;
+        tracing::info!(
+            id = record.id,
+            namespace = record.namespace,
+            service_account = record.service_account,
+            expires_unix_ms = record.expires_unix_ms,
+            "token created"
+        );
+        Ok(Response::new(pb::CreateTokenResponse {
+            token,
+            info: Some(token_info(record)),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let id = request.into_inner().id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument(
+                "token id is required (see `weirctl token list`)",
+            ));
+        }
+        let record = self
+            .with_store(move |hub| hub.store.revoke_token(&id))
+            .await?;
+        tracing::info!(id = record.id, "token revoked");
+        Ok(Response::new(pb::RevokeTokenResponse {
+            info: Some(token_info(record)),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let tokens = self.with_store(|hub| hub.store.tokens()).await?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens.into_iter().map(token_info).collect(),
         }))
     }
 

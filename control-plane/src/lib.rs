@@ -1,5 +1,5 @@
-//! Weir's control plane: the policy store, the admin API for `weirctl`, and the discovery
-//! stream that pushes snapshots to proxies.
+//! Weir's control plane: the policy store, the admin API for `weirctl`, the discovery
+//! stream that pushes snapshots to proxies, and the identity CA that certifies them.
 //!
 //! Start a server in-process with [`bind`] (learn the address, e.g. with port 0) and
 //! [`Bound::serve`], or with [`serve`] in one call.
@@ -8,8 +8,10 @@
 pub mod ctl;
 
 pub mod admin;
+pub mod ca;
 pub mod discovery;
 pub mod hub;
+pub mod identity;
 pub mod registry;
 pub mod server;
 pub mod store;
@@ -18,5 +20,6 @@ pub mod token;
 #[cfg(test)]
 mod tests;
 
-pub use server::{Bound, STORE_FILE, ServerConfig, ServerError, bind, serve};
+pub use identity::CaFiles;
+pub use server::{Bound, DEFAULT_CERT_TTL, STORE_FILE, ServerConfig, ServerError, bind, serve};
 pub use token::{AdminToken, TOKEN_FILE};

@@ -1,5 +1,5 @@
-//! Wiring: open the store, make or read the admin token, bind, and serve Discovery and Admin on
-//! one port until shutdown.
+//! Wiring: open the store, make or read the admin token, open the identity CA, bind, and serve
+//! Discovery, Identity and Admin on one port until shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,14 +11,19 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use weir_proto::admin::v1::admin_server::AdminServer;
 use weir_proto::discovery::v1::discovery_server::DiscoveryServer;
+use weir_proto::identity::v1::identity_server::IdentityServer;
 
 use crate::admin::AdminService;
 use crate::discovery::DiscoveryService;
 use crate::hub::Hub;
+use crate::identity::{Authority, AuthorityError, CaFiles, IdentityService};
 use crate::store::{Store, StoreError};
 use crate::token::{AdminToken, TokenError};
 
 pub const STORE_FILE: &str = "store.redb";
+
+/// Default lifetime of a workload certificate; proxies renew at ~70% of it (design §5).
+pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 const MAX_STREAMS_PER_CONNECTION: u32 = 16_384;
 
@@ -32,6 +37,11 @@ pub struct ServerConfig {
     pub trust_domain: String,
     /// How long a proxy's endpoint stays registered after its stream ends.
     pub lease_grace: Duration,
+    /// A CA from the user's PKI (`--ca-cert`/`--ca-key`); `None`: the root generated on first
+    /// start and kept in the store.
+    pub ca: Option<CaFiles>,
+    /// Lifetime of workload certificates (`--cert-ttl`).
+    pub cert_ttl: Duration,
 }
 
 impl ServerConfig {
@@ -42,6 +52,8 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             trust_domain: "weir.local".into(),
             lease_grace: Duration::from_secs(10),
+            ca: None,
+            cert_ttl: DEFAULT_CERT_TTL,
         }
     }
 }
@@ -52,6 +64,8 @@ pub enum ServerError {
     Token(#[from] TokenError),
     #[error("cannot open store {path}: {source}")]
     Store { path: PathBuf, source: StoreError },
+    #[error(transparent)]
+    Identity(#[from] AuthorityError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -68,6 +82,7 @@ pub struct Bound {
     local_addr: SocketAddr,
     token: AdminToken,
     hub: Arc<Hub>,
+    authority: Arc<Authority>,
 }
 
 /// Opens the data directory (store, admin token) and binds the listener.
@@ -82,6 +97,11 @@ pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
         path: path.clone(),
         source,
     })?;
+    let authority = Arc::new(Authority::open(
+        hub.clone(),
+        config.ca.as_ref(),
+        config.cert_ttl,
+    )?);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -97,6 +117,7 @@ pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
         local_addr,
         token,
         hub,
+        authority,
     })
 }
 
@@ -117,6 +138,11 @@ impl Bound {
         &self.token
     }
 
+    /// The identity CA and token issuer, e.g. for a test to read the trust bundle.
+    pub fn authority(&self) -> &Arc<Authority> {
+        &self.authority
+    }
+
     /// Serves until `shutdown` completes, then ends every discovery stream (so the graceful
     /// drain is not held open by streams that never end on their own) and waits up to
     /// [`DRAIN_TIMEOUT`] for in-flight calls.
@@ -126,6 +152,7 @@ impl Bound {
             local_addr,
             token,
             hub,
+            authority,
         } = self;
         let publisher = tokio::spawn(hub.clone().publish());
         let token = Arc::new(token);
@@ -140,8 +167,10 @@ impl Bound {
             // a node agent) that multiplexes many proxies' streams over one connection.
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(DiscoveryServer::new(DiscoveryService::new(hub.clone())))
+            // No admin token here: the workload token in the request is the credential.
+            .add_service(IdentityServer::new(IdentityService::new(authority.clone())))
             .add_service(AdminServer::with_interceptor(
-                AdminService::new(hub.clone()),
+                AdminService::new(hub.clone(), authority),
                 check,
             ));
         tracing::info!("weir-control listening on {local_addr}");

@@ -5,6 +5,9 @@
 //! of it. Deleted objects keep a tombstone so their revision numbers keep counting up when they
 //! are created again, and `history` still works after a delete.
 
+mod identity;
+
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,6 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use weir_policy::{Document, Errors, PolicyError};
+
+pub use identity::TokenRecord;
 
 /// Revisions kept per object, deletions included.
 pub const HISTORY_LEN: u64 = 20;
@@ -44,6 +49,11 @@ pub enum StoreError {
     Precondition(String),
     #[error("{0}")]
     Invalid(Errors),
+    #[error("cannot make the store file {path} private (0600): {source}")]
+    Private {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 macro_rules! redb_errors {
@@ -129,11 +139,19 @@ impl Store {
     /// run may have handed out.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = Database::create(path)?;
+        // The store holds the CA key and the token HMAC key (see `identity`).
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| StoreError::Private {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
         let txn = db.begin_write()?;
         let current = {
             // Opening every table here means read transactions never meet a missing table.
             txn.open_table(OBJECTS)?;
             txn.open_table(HISTORY)?;
+            identity::create_tables(&txn)?;
             let mut meta = txn.open_table(META)?;
             let ceiling = meta.get(META_CEILING)?.map_or(0, |v| v.value());
             let version = meta.get(META_VERSION)?.map_or(0, |v| v.value());

@@ -286,3 +286,109 @@ fn errors_and_exit_codes() {
         out.stderr
     );
 }
+
+/// Certify with `token` for `uri` over the server's gRPC port (no admin token), as a proxy does.
+fn certify(url: &str, token: &str, uri: &str) -> Result<String, tonic::Code> {
+    use weir_proto::identity::v1::CertifyRequest;
+    use weir_proto::identity::v1::identity_client::IdentityClient;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let csr_pem = weir_control::ca::csr_pem(uri, &key).expect("csr");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut client = IdentityClient::connect(url.to_string())
+            .await
+            .expect("connect");
+        client
+            .certify(CertifyRequest {
+                token: token.into(),
+                csr_pem,
+            })
+            .await
+            .map(|r| r.into_inner().spiffe_id)
+            .map_err(|status| status.code())
+    })
+}
+
+#[test]
+fn token_create_list_revoke() {
+    let server = Server::start();
+    let orders = "spiffe://weir.local/ns/shop/sa/orders";
+    // stdout carries the token alone, so `TOKEN=$(weirctl token create …)` works.
+    let out = server
+        .ctl(&[
+            "token",
+            "create",
+            "--namespace",
+            "shop",
+            "--service-account",
+            "orders",
+        ])
+        .ok();
+    let token = out.stdout.trim().to_string();
+    assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
+    assert!(out.stderr.contains(orders), "{}", out.stderr);
+    assert_eq!(certify(&server.url, &token, orders), Ok(orders.to_string()));
+    assert_eq!(
+        certify(
+            &server.url,
+            &token,
+            "spiffe://weir.local/ns/shop/sa/payments"
+        ),
+        Err(tonic::Code::PermissionDenied)
+    );
+
+    let out = server
+        .ctl(&[
+            "token", "create", "-n", "shop", "--sa", "payments", "--ttl", "1h", "-o", "json",
+        ])
+        .ok();
+    let created = out.json();
+    let payments_id = created["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        created["identity"],
+        "spiffe://weir.local/ns/shop/sa/payments"
+    );
+
+    let out = server.ctl(&["token", "list", "-o", "json"]).ok();
+    let listed = out.json();
+    let items = listed.as_array().expect("array");
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|t| t["state"] == "active"));
+    // The secret is never listed.
+    assert!(!out.stdout.contains(&token));
+    let orders_id = items
+        .iter()
+        .find(|t| t["identity"] == orders)
+        .and_then(|t| t["id"].as_str())
+        .expect("orders token listed")
+        .to_string();
+
+    let out = server.ctl(&["token", "revoke", &orders_id]).ok();
+    assert!(out.stdout.contains("revoked"), "{}", out.stdout);
+    assert_eq!(
+        certify(&server.url, &token, orders),
+        Err(tonic::Code::Unauthenticated)
+    );
+    let out = server.ctl(&["token", "list"]).ok();
+    assert!(out.stdout.starts_with("ID"), "{}", out.stdout);
+    let state_of = |id: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with(id))
+            .and_then(|l| l.split_whitespace().last())
+            .map(str::to_string)
+    };
+    assert_eq!(state_of(&orders_id).as_deref(), Some("revoked"));
+    assert_eq!(state_of(&payments_id).as_deref(), Some("active"));
+
+    let out = server.ctl(&["token", "revoke", "nope"]).code(1);
+    assert!(out.stderr.contains("not found"), "{}", out.stderr);
+    let out = server
+        .ctl(&["token", "create", "-n", "shop", "--sa", "a/b"])
+        .code(1);
+    assert!(out.stderr.contains("SPIFFE path segment"), "{}", out.stderr);
+    server.ctl(&["token", "create", "-n", "shop"]).code(2);
+}

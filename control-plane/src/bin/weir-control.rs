@@ -1,4 +1,4 @@
-//! `weir-control`: the control plane server (policy store, admin API, discovery).
+//! `weir-control`: the control plane server (identity CA, policy store, admin API, discovery).
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use weir_control::ServerConfig;
+use weir_control::{CaFiles, ServerConfig};
 
 #[derive(Parser)]
 #[command(
@@ -21,12 +21,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the discovery and admin gRPC APIs on one port.
+    /// Serve the discovery, identity and admin gRPC APIs on one port.
     Serve {
         /// Address the gRPC server listens on.
         #[arg(long, env = "WEIR_LISTEN", default_value = "0.0.0.0:8090")]
         listen: SocketAddr,
-        /// Directory for the store and the admin token (created 0700 if missing).
+        /// Directory for the store (policies, generated CA, workload tokens) and the admin token
+        /// (created 0700 if missing).
         #[arg(long, env = "WEIR_DATA_DIR", default_value = "/var/lib/weir")]
         data_dir: PathBuf,
         /// SPIFFE trust domain of the mesh's identities.
@@ -36,6 +37,21 @@ enum Command {
         /// reconnect does not make its service flap.
         #[arg(long, env = "WEIR_LEASE_GRACE", default_value = "10s", value_parser = parse_duration)]
         lease_grace: std::time::Duration,
+        /// CA certificate (PEM) that signs workload certificates: a root or an intermediate from
+        /// your PKI, optionally followed by the rest of its chain (e.g. cert-manager's tls.crt).
+        /// Without it, a root made on first start and kept in the store is used.
+        #[arg(long, env = "WEIR_CA_CERT", requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        /// Private key (unencrypted PKCS#8 PEM) of --ca-cert.
+        #[arg(long, env = "WEIR_CA_KEY", requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+        /// Roots proxies trust (PEM). Default: the self-signed certificates in --ca-cert, or the
+        /// CA certificate itself.
+        #[arg(long, env = "WEIR_TRUST_BUNDLE", requires = "ca_cert")]
+        trust_bundle: Option<PathBuf>,
+        /// Lifetime of workload certificates; proxies renew at ~70% of it.
+        #[arg(long, env = "WEIR_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+        cert_ttl: std::time::Duration,
     },
 }
 
@@ -49,7 +65,12 @@ fn main() -> anyhow::Result<()> {
         data_dir,
         trust_domain,
         lease_grace,
+        ca_cert,
+        ca_key,
+        trust_bundle,
+        cert_ttl,
     } = Cli::parse().command;
+    anyhow::ensure!(!cert_ttl.is_zero(), "--cert-ttl must be positive");
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -62,6 +83,13 @@ fn main() -> anyhow::Result<()> {
         data_dir,
         trust_domain,
         lease_grace,
+        // clap makes --ca-cert and --ca-key come together.
+        ca: ca_cert.zip(ca_key).map(|(cert, key)| CaFiles {
+            cert,
+            key,
+            trust_bundle,
+        }),
+        cert_ttl,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async {

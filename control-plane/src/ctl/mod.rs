@@ -4,13 +4,15 @@
 //! parsing and output formats are unit-tested with the library.
 //!
 //! Layout: `client` connects and explains gRPC errors, `output` formats tables and documents,
-//! `policy` holds the commands on stored documents (apply, get, delete, diff, history, rollback)
-//! and `mesh` the ones about the running mesh (status, endpoints, version).
+//! `policy` holds the commands on stored documents (apply, get, delete, diff, history, rollback),
+//! `mesh` the ones about the running mesh (status, endpoints, version) and `tokens` the
+//! workload tokens (token create, list, revoke).
 
 mod client;
 mod mesh;
 pub mod output;
 mod policy;
+mod tokens;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ use std::str::FromStr;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub use client::Target;
+pub use tokens::{CreateFormat, TokenCommand};
 
 const EXIT_HELP: &str = "\
 Exit status: 0 success, 1 error (validation, server, connection), 2 usage error.
@@ -157,6 +160,11 @@ pub enum Command {
             value_name = "FILE|DIR|-"
         )]
         files: Vec<PathBuf>,
+    },
+    /// Manage workload tokens: the credential a proxy presents to get its certificate.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Print the client and server versions.
     Version,
@@ -337,6 +345,7 @@ async fn dispatch(cli: Cli) -> Outcome {
             namespace,
             output,
         } => mesh::endpoints(&target()?, service.as_deref(), namespace.as_deref(), output).await,
+        Command::Token { command } => tokens::run(&target()?, command).await,
         Command::Version => mesh::version(&target()?).await,
     }
 }

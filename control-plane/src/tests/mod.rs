@@ -3,6 +3,7 @@
 
 mod admin;
 mod discovery;
+mod identity;
 
 use std::future::Future;
 use std::path::Path;
@@ -48,11 +49,19 @@ impl TestServer {
     }
 
     pub async fn start_with_grace(data_dir: &Path, lease_grace: Duration) -> TestServer {
-        let config = ServerConfig {
+        Self::start_with(data_dir, |config| config.lease_grace = lease_grace).await
+    }
+
+    /// Starts with the test defaults changed by `configure`.
+    pub async fn start_with(
+        data_dir: &Path,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
+        let mut config = ServerConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
-            lease_grace,
             ..ServerConfig::new(data_dir)
         };
+        configure(&mut config);
         let bound = crate::bind(config).await.expect("bind");
         let url = format!("http://{}", bound.local_addr());
         let token = bound.token().secret().to_string();

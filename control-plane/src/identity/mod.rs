@@ -1,0 +1,275 @@
+//! Workload identity: `weir.identity.v1.Identity.Certify` and the workload tokens behind it.
+//!
+//! [`Authority`] holds the CA, the token key and the policy (trust domain, certificate
+//! lifetime); the Admin API uses it to mint tokens and [`IdentityService`] to certify. Certify
+//! needs no admin token: the workload token is the credential.
+
+pub mod token;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tonic::{Request, Response, Status};
+use weir_proto::identity::v1 as pb;
+use weir_proto::identity::v1::identity_server::Identity;
+
+use crate::ca::{Ca, CaError, CaPem, Csr, CsrError};
+use crate::hub::Hub;
+use crate::store::{StoreError, TokenRecord};
+use token::{Claims, TokenError, TokenKey};
+
+/// Store key of the generated root (JSON [`CaPem`]).
+const CA_SECRET: &str = "ca";
+/// Store key of the workload-token HMAC key.
+const TOKEN_KEY_SECRET: &str = "token-hmac-key";
+
+/// `--ca-cert`, `--ca-key` and `--trust-bundle`.
+#[derive(Debug, Clone)]
+pub struct CaFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub trust_bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityError {
+    #[error("identity CA: {0}")]
+    Ca(#[from] CaError),
+    #[error("identity: {0}")]
+    Store(#[from] StoreError),
+    #[error("stored CA record is corrupt: {0}")]
+    CorruptCa(String),
+    #[error("no randomness for the token key: {0}")]
+    Random(getrandom::Error),
+}
+
+pub struct Authority {
+    hub: Arc<Hub>,
+    ca: Ca,
+    key: TokenKey,
+    cert_ttl: Duration,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("ca", &self.ca)
+            .field("cert_ttl", &self.cert_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Authority ===
+
+impl Authority {
+    /// Loads the CA from `files`, or the root kept in the store (generating it on first start),
+    /// and the token key (likewise generated once).
+    pub fn open(
+        hub: Arc<Hub>,
+        files: Option<&CaFiles>,
+        cert_ttl: Duration,
+    ) -> Result<Authority, AuthorityError> {
+        let store = &hub.store;
+        let ca = match files {
+            Some(f) => Ca::load(&f.cert, &f.key, f.trust_bundle.as_deref())?,
+            None => {
+                let trust_domain = hub.trust_domain.clone();
+                let json = store.secret_or_insert_with(CA_SECRET, || {
+                    let root = crate::ca::generate_root(&trust_domain)?;
+                    tracing::info!(trust_domain, "generated the mesh root CA");
+                    serde_json::to_vec(&root).map_err(|err| CaError::Generate(err.to_string()))
+                })??;
+                let pem: CaPem = serde_json::from_slice(&json)
+                    .map_err(|err| AuthorityError::CorruptCa(err.to_string()))?;
+                Ca::from_pem(&pem.cert_pem, &pem.key_pem, None)?
+            }
+        };
+        let secret = store.secret_or_insert_with(TOKEN_KEY_SECRET, || {
+            let mut bytes = vec![0u8; token::KEY_LEN];
+            getrandom::fill(&mut bytes).map(|()| bytes)
+        })?;
+        let secret = secret.map_err(AuthorityError::Random)?;
+        Ok(Authority {
+            hub,
+            ca,
+            key: TokenKey::new(&secret),
+            cert_ttl,
+        })
+    }
+
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.hub.trust_domain
+    }
+
+    /// Mints a token for `namespace`/`service_account` valid for `ttl`, recording its id.
+    /// Returns the token (the only time it exists outside the caller) and its record.
+    pub fn create_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        ttl: Duration,
+    ) -> Result<(String, TokenRecord), Status> {
+        token::check_segment("namespace", namespace).map_err(Status::invalid_argument)?;
+        token::check_segment("service account", service_account)
+            .map_err(Status::invalid_argument)?;
+        if ttl.is_zero() {
+            return Err(Status::invalid_argument("token ttl must be positive"));
+        }
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id)
+            .map_err(|err| Status::internal(format!("no randomness: {err}")))?;
+        let now = SystemTime::now();
+        let exp = now
+            .checked_add(ttl)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .ok_or_else(|| Status::invalid_argument("token ttl is too large"))?;
+        let claims = Claims {
+            id: hex::encode(id),
+            ns: namespace.into(),
+            sa: service_account.into(),
+            td: self.trust_domain().into(),
+            exp,
+        };
+        let token = self
+            .key
+            .mint(&claims)
+            .map_err(|err| Status::internal(format!("cannot encode the token: {err}")))?;
+        let record = TokenRecord {
+            id: claims.id,
+            namespace: claims.ns,
+            service_account: claims.sa,
+            trust_domain: claims.td,
+            created_unix_ms: unix_ms(now),
+            expires_unix_ms: i64::try_from(exp.saturating_mul(1000)).unwrap_or(i64::MAX),
+            revoked: false,
+        };
+        self.hub.store.insert_token(&record).map_err(store_status)?;
+        Ok((token, record))
+    }
+
+    /// The whole of Certify, synchronously (it reads the store and signs): token, then CSR,
+    /// then identity, so an unauthenticated caller learns nothing about its CSR.
+    pub fn certify(&self, token: &str, csr_pem: &str) -> Result<pb::CertifyResponse, Status> {
+        let claims = self.authenticate(token)?;
+        let identity = claims.identity();
+        if claims.td != self.trust_domain() {
+            return Err(Status::permission_denied(format!(
+                "token {} is for trust domain {:?} but this control plane serves {:?}",
+                claims.id,
+                claims.td,
+                self.trust_domain()
+            )));
+        }
+        let csr = Csr::parse(csr_pem).map_err(csr_status)?;
+        if csr.uri != identity {
+            return Err(Status::permission_denied(format!(
+                "CSR asks for {:?} but token {} is for {identity:?}",
+                csr.uri, claims.id
+            )));
+        }
+        let issued = self
+            .ca
+            .sign(&csr, &identity, self.cert_ttl)
+            .map_err(csr_status)?;
+        tracing::info!(identity, token = claims.id, "certified");
+        Ok(pb::CertifyResponse {
+            cert_chain_pem: issued.chain_pem,
+            trust_bundle_pem: issued.trust_bundle_pem,
+            not_after_unix_ms: unix_ms(issued.not_after),
+            spiffe_id: identity,
+        })
+    }
+
+    /// Signature and expiry, then the store: a token must have been recorded (so a reset store
+    /// invalidates old tokens) and not revoked.
+    fn authenticate(&self, token: &str) -> Result<Claims, Status> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let claims = self.key.verify(token, now).map_err(|err| match err {
+            TokenError::Malformed(_) | TokenError::BadSignature | TokenError::Expired { .. } => {
+                Status::unauthenticated(err.to_string())
+            }
+        })?;
+        match self.hub.store.token(&claims.id).map_err(store_status)? {
+            None => Err(Status::unauthenticated(format!(
+                "workload token {} is unknown to this control plane (was its store reset?); \
+                 make a new one with `weirctl token create`",
+                claims.id
+            ))),
+            Some(record) if record.revoked => Err(Status::unauthenticated(format!(
+                "workload token {} was revoked; make a new one with `weirctl token create`",
+                claims.id
+            ))),
+            Some(_) => Ok(claims),
+        }
+    }
+}
+
+fn csr_status(err: CsrError) -> Status {
+    match err {
+        CsrError::Unparseable(_)
+        | CsrError::BadSignature(_)
+        | CsrError::UriSans(_)
+        | CsrError::UnsupportedKey(_) => Status::invalid_argument(err.to_string()),
+        CsrError::CaExpired(_) => Status::failed_precondition(err.to_string()),
+        CsrError::Sign(_) => {
+            tracing::error!(%err, "signing failed");
+            Status::internal(err.to_string())
+        }
+    }
+}
+
+pub(crate) fn store_status(err: StoreError) -> Status {
+    match err {
+        StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
+        StoreError::Precondition(why) => Status::failed_precondition(why),
+        err => {
+            tracing::error!(%err, "store error");
+            Status::internal(err.to_string())
+        }
+    }
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+// === impl IdentityService ===
+
+pub struct IdentityService {
+    authority: Arc<Authority>,
+}
+
+impl IdentityService {
+    pub fn new(authority: Arc<Authority>) -> Self {
+        IdentityService { authority }
+    }
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityService {
+    async fn certify(
+        &self,
+        request: Request<pb::CertifyRequest>,
+    ) -> Result<Response<pb::CertifyResponse>, Status> {
+        let req = request.into_inner();
+        let authority = self.authority.clone();
+        // Store read and ECDSA signing: off the runtime that carries the discovery streams.
+        let response =
+            tokio::task::spawn_blocking(move || authority.certify(&req.token, &req.csr_pem))
+                .await
+                .map_err(|err| {
+                    tracing::error!(%err, "certify task failed");
+                    Status::internal("certify task failed; see the control plane's log")
+                })??;
+        Ok(Response::new(response))
+    }
+}
