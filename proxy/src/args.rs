@@ -77,6 +77,19 @@ pub struct RunArgs {
     #[arg(long, env = "WEIR_ADVERTISE_ADDR")]
     pub advertise_addr: Option<SocketAddr>,
 
+    /// This proxy's certificate chain (PEM, leaf first, SPIFFE URI SAN), e.g. from
+    /// cert-manager or SPIRE; re-read when it changes. Needs --key and --trust-bundle.
+    #[arg(long, env = "WEIR_CERT", requires_all = ["key", "trust_bundle"])]
+    pub cert: Option<PathBuf>,
+
+    /// Private key of --cert (PEM, PKCS#8 or SEC1).
+    #[arg(long, env = "WEIR_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// Roots this mesh trusts (PEM; old and new during a root rotation).
+    #[arg(long, env = "WEIR_TRUST_BUNDLE", requires = "cert")]
+    pub trust_bundle: Option<PathBuf>,
+
     /// SPIFFE trust domain of this mesh.
     #[arg(long, env = "WEIR_TRUST_DOMAIN", default_value = "weir.local")]
     pub trust_domain: String,

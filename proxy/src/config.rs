@@ -12,9 +12,10 @@ use http::Request;
 use serde::Serialize;
 use weir_policy::{Document, MtlsMode};
 
-use crate::client::h2::H2Slot;
+use crate::client::h2::{H2Slot, PeerTls};
 use crate::metrics::{Direction, Metrics, TrafficMetrics};
 use crate::routes::Route;
+use crate::tls::CredStore;
 
 /// Who this proxy is; used to resolve short service names (`echo` means `echo.<own namespace>`).
 #[derive(Debug, Clone)]
@@ -91,6 +92,8 @@ pub struct Snapshot {
     /// The control-plane snapshot version merged in, 0 without one.
     pub control_plane_version: u64,
     pub mtls: MtlsMode,
+    /// Who may call this proxy's own service (its ServicePolicy's `authorization`).
+    pub inbound_authz: Option<weir_policy::Authorization>,
     pub documents: Vec<Document>,
     /// Every accepted spelling of every service's name (`echo`, `echo.ns`, `echo.ns.svc`,
     /// `echo.ns.svc.cluster.local`), so resolving a Host is one hash lookup.
@@ -174,6 +177,9 @@ fn strip_port(authority: &str) -> &str {
     }
 }
 
+/// An endpoint is its address plus the identity expected there.
+type EndpointKey = (SocketAddr, Option<String>);
+
 /// Holds the snapshot in force and builds new ones.
 pub struct ConfigStore {
     current: ArcSwap<Snapshot>,
@@ -181,7 +187,9 @@ pub struct ConfigStore {
     metrics: Arc<Metrics>,
     /// Endpoints outlive snapshots while any snapshot references them, so a reload that keeps an
     /// address keeps its pooled connection.
-    endpoints: Mutex<HashMap<SocketAddr, Weak<Endpoint>>>,
+    endpoints: Mutex<HashMap<EndpointKey, Weak<Endpoint>>>,
+    /// This proxy's credentials, used by every peer connection it opens.
+    creds: Arc<CredStore>,
     next_version: AtomicU64,
     pub files: Vec<PathBuf>,
     /// The two sources, merged on every change: `--config` files underneath, the control
@@ -204,11 +212,17 @@ pub struct Pushed {
 }
 
 impl ConfigStore {
-    pub fn new(local: LocalIdentity, metrics: Arc<Metrics>, files: Vec<PathBuf>) -> Self {
+    pub fn new(
+        local: LocalIdentity,
+        metrics: Arc<Metrics>,
+        files: Vec<PathBuf>,
+        creds: Arc<CredStore>,
+    ) -> Self {
         let empty = Snapshot {
             version: 0,
             control_plane_version: 0,
             mtls: MtlsMode::Strict,
+            inbound_authz: None,
             documents: Vec::new(),
             by_authority: HashMap::new(),
             by_addr: HashMap::new(),
@@ -220,6 +234,7 @@ impl ConfigStore {
             local,
             metrics,
             endpoints: Mutex::new(HashMap::new()),
+            creds,
             next_version: AtomicU64::new(1),
             files,
             sources: Mutex::new(Sources::default()),
@@ -314,6 +329,9 @@ impl ConfigStore {
             }
         }
 
+        let inbound_authz = policies
+            .get(&(self.local.service.clone(), self.local.namespace.clone()))
+            .and_then(|p| p.spec.authorization.clone());
         let mut pool = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         pool.retain(|_, w| w.strong_count() > 0);
         let mut backends: HashMap<(String, String), Arc<Backend>> = HashMap::new();
@@ -321,14 +339,21 @@ impl ConfigStore {
             let endpoints = addrs
                 .iter()
                 .map(|&addr| {
-                    if let Some(ep) = pool.get(&addr).and_then(Weak::upgrade) {
+                    // Keyed by the expected identity too: a changed identity needs new
+                    // connections, checked against the new name.
+                    let key = (addr, identity.clone());
+                    if let Some(ep) = pool.get(&key).and_then(Weak::upgrade) {
                         return ep;
                     }
+                    let tls = PeerTls {
+                        creds: self.creds.clone(),
+                        identity: identity.clone(),
+                    };
                     let ep = Arc::new(Endpoint {
                         addr,
-                        h2: H2Slot::new(addr),
+                        h2: H2Slot::peer(addr, tls),
                     });
-                    pool.insert(addr, Arc::downgrade(&ep));
+                    pool.insert(key, Arc::downgrade(&ep));
                     ep
                 })
                 .collect();
@@ -395,6 +420,7 @@ impl ConfigStore {
             version,
             control_plane_version: 0,
             mtls,
+            inbound_authz,
             documents,
             by_authority,
             by_addr,
@@ -471,7 +497,12 @@ mod tests {
             namespace: "shop".into(),
             service_account: "orders".into(),
         };
-        ConfigStore::new(local, Arc::new(Metrics::default()), Vec::new())
+        ConfigStore::new(
+            local,
+            Arc::new(Metrics::default()),
+            Vec::new(),
+            Default::default(),
+        )
     }
 
     const DOCS: &str = "apiVersion: weir/v1\nkind: Endpoints\nmetadata: { name: payments, namespace: shop }\nspec: { addresses: [\"10.0.3.7:4143\", \"10.0.3.8:4143\"] }\n---\napiVersion: weir/v1\nkind: Endpoints\nmetadata: { name: users, namespace: auth }\nspec: { addresses: [\"10.0.4.1:4143\"] }\n";

@@ -18,6 +18,8 @@ pub enum Detected {
     H2,
     /// A proxy-to-proxy opaque stream (see [`PREAMBLE_MAGIC`]).
     Preamble,
+    /// A TLS ClientHello (a peer proxy's mTLS, or an app's own TLS).
+    Tls,
     /// Not HTTP, or the client said nothing before the timeout (server-speaks-first protocols).
     Opaque,
     /// The client closed without sending anything.
@@ -40,6 +42,10 @@ pub fn classify(b: &[u8]) -> Detected {
     }
     if b.starts_with(PREAMBLE_MAGIC) {
         return Detected::Preamble;
+    }
+    // A TLS record of type handshake (22), version major 3.
+    if b.len() >= 2 && b[0] == 0x16 && b[1] == 0x03 {
+        return Detected::Tls;
     }
     // An HTTP/1 request line starts with a method token (upper-case letters in practice,
     // `M-SEARCH` has a dash) followed by a space.
@@ -77,7 +83,7 @@ mod tests {
         assert_eq!(classify(H2_PREFACE), Detected::H2);
         assert_eq!(classify(&H2_PREFACE[..10]), Detected::H2);
         assert_eq!(classify(&preamble(8080)), Detected::Preamble);
-        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Detected::Opaque); // TLS ClientHello
+        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Detected::Tls); // ClientHello
         assert_eq!(classify(b"hello world"), Detected::Opaque);
         assert_eq!(classify(b" GET"), Detected::Opaque);
         assert_eq!(classify(b"SSH-2.0-OpenSSH_9.2"), Detected::Opaque);

@@ -19,6 +19,10 @@ pub enum ProxyError {
     BadRequest,
     /// mTLS is required but this proxy has no identity to originate it with.
     NoIdentity,
+    /// The peer's certificate names another identity than the endpoint table expects.
+    IdentityMismatch,
+    /// The callee's authorization policy does not allow the caller's identity.
+    Unauthorized,
 }
 
 impl ProxyError {
@@ -29,15 +33,19 @@ impl ProxyError {
             ProxyError::Reset => "reset",
             ProxyError::BadRequest => "bad-request",
             ProxyError::NoIdentity => "no-identity",
+            ProxyError::IdentityMismatch => "identity-mismatch",
+            ProxyError::Unauthorized => "unauthorized",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::ConnectFailure | ProxyError::Reset | ProxyError::NoIdentity => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::ConnectFailure
+            | ProxyError::Reset
+            | ProxyError::NoIdentity
+            | ProxyError::IdentityMismatch => StatusCode::BAD_GATEWAY,
+            ProxyError::Unauthorized => StatusCode::FORBIDDEN,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
         }
     }
@@ -48,6 +56,12 @@ impl ProxyError {
             ProxyError::ConnectFailure => "weir: could not connect to the destination\n",
             ProxyError::Reset => "weir: the destination closed the stream before answering\n",
             ProxyError::BadRequest => "weir: the request names no destination (Host header)\n",
+            ProxyError::IdentityMismatch => {
+                "weir: the destination presented another identity than the mesh expects for it\n"
+            }
+            ProxyError::Unauthorized => {
+                "weir: the caller's identity is not allowed by this service's authorization policy\n"
+            }
             ProxyError::NoIdentity => {
                 "weir: mtls is strict but this proxy has no identity; set MeshConfig mtls: permissive or give the proxy an identity\n"
             }

@@ -16,7 +16,6 @@ mod outbound;
 mod routes;
 mod server;
 mod tcp;
-#[allow(dead_code)] // Wired into the listeners next; tested on its own meanwhile.
 mod tls;
 mod upgrade;
 
@@ -85,10 +84,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
     };
     let metrics = Arc::new(Metrics::default());
+    let creds = Arc::new(tls::CredStore::default());
+    let cert_files = match (&args.cert, &args.key, &args.trust_bundle) {
+        (Some(cert), Some(key), Some(bundle)) => Some(tls::CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            bundle: bundle.clone(),
+        }),
+        _ => None,
+    };
+    if let Some(files) = &cert_files {
+        let c = files
+            .load()
+            .map_err(|e| anyhow::anyhow!("cannot use --cert/--key/--trust-bundle: {e}"))?;
+        tracing::info!(identity = %c.spiffe_id, "identity loaded from certificate files");
+        creds.store(c);
+    }
     let config = Arc::new(ConfigStore::new(
         local,
         metrics.clone(),
         args.config.clone(),
+        creds.clone(),
     ));
     if !args.config.is_empty() {
         // A sidecar that starts with a config it cannot read would route wrongly; refuse to start.
@@ -108,7 +124,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(c) = &control {
         c.load_cache();
     }
-    warn_if_strict_without_identity(&config);
+    warn_if_strict_without_identity(&config, &creds);
 
     let bind = |addr, what: &'static str| async move {
         TcpListener::bind(addr)
@@ -132,8 +148,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         timeout: args.detect_timeout,
         opaque_ports: args.opaque_ports.clone(),
     };
+    if let Some(files) = cert_files {
+        tokio::spawn(files.watch(creds.clone()));
+    }
     let outbound = outbound::Outbound::new(
         config.clone(),
+        creds.clone(),
         metrics.clone(),
         args.peer_protocol,
         detect.clone(),
@@ -141,6 +161,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let inbound = inbound::Inbound::new(
         config.clone(),
+        creds.clone(),
         metrics.clone(),
         args.app_addr,
         detect,
@@ -166,7 +187,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&config),
+            _ = hup.recv() => reload(&config, &creds),
             _ = term.recv() => break,
             _ = int.recv() => break,
             () = drain.signaled() => break,
@@ -210,7 +231,7 @@ fn hello(args: &RunArgs, config: &ConfigStore) -> weir_proto::discovery::v1::Hel
     }
 }
 
-fn reload(config: &ConfigStore) {
+fn reload(config: &ConfigStore, creds: &tls::CredStore) {
     if config.files.is_empty() {
         tracing::info!("SIGHUP: no --config files to reload");
         return;
@@ -218,7 +239,7 @@ fn reload(config: &ConfigStore) {
     match config.reload_files() {
         Ok(version) => {
             tracing::info!(version, "config reloaded");
-            warn_if_strict_without_identity(config);
+            warn_if_strict_without_identity(config, creds);
         }
         Err(errors) => {
             let version = config.load().version;
@@ -233,8 +254,8 @@ fn reload(config: &ConfigStore) {
     }
 }
 
-fn warn_if_strict_without_identity(config: &ConfigStore) {
-    if config.load().mtls == MtlsMode::Strict {
+fn warn_if_strict_without_identity(config: &ConfigStore, creds: &tls::CredStore) {
+    if config.load().mtls == MtlsMode::Strict && creds.load().is_none() {
         tracing::warn!(
             "MeshConfig mtls is strict (the default) but this proxy has no identity yet: mesh \
              traffic and inbound connections will be refused. Set `mtls: permissive` in a MeshConfig \

@@ -45,14 +45,15 @@ impl Servers {
 impl Servers {
     /// Serves one HTTP connection (HTTP/1 with upgrades, or h2 with prior knowledge) with
     /// `handle` until it closes or the drain finishes it.
-    pub async fn serve_http<F, Fut>(
+    pub async fn serve_http<I, F, Fut>(
         &self,
         drain: &Drain,
         conns: &ConnectionMetrics,
-        stream: TcpStream,
+        stream: I,
         h2: bool,
         handle: F,
     ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
     {

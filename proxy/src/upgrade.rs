@@ -11,17 +11,30 @@ use crate::body::ProxyBody;
 use crate::drain::Drain;
 use crate::errors::ProxyError;
 
+/// Forwards an upgrade over a fresh connection to `addr`.
 pub async fn forward(
     addr: SocketAddr,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     drain: &Drain,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    to_origin_form(&mut req);
-    let downstream = hyper::upgrade::on(&mut req);
     let stream = crate::client::connect(addr).await.map_err(|e| {
         tracing::debug!(%addr, error = %e, "upgrade connect failed");
         ProxyError::ConnectFailure
     })?;
+    forward_on(stream, req, drain).await
+}
+
+/// Forwards an upgrade over `stream`, already connected (and, to a peer, already mTLS).
+pub async fn forward_on<S>(
+    stream: S,
+    mut req: Request<Incoming>,
+    drain: &Drain,
+) -> Result<Response<ProxyBody>, ProxyError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    to_origin_form(&mut req);
+    let downstream = hyper::upgrade::on(&mut req);
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|_| ProxyError::ConnectFailure)?;

@@ -13,21 +13,41 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::Mutex;
 
 use crate::body::ProxyBody;
+use crate::client::peer::{self, PeerError, PeerIo};
+use crate::tls::{ALPN_H2, CredStore};
 
 /// Stream and connection flow-control windows. Large enough to keep a loopback or LAN pipe full
 /// for one bulk stream; they are also the bound on what one stream can buffer in memory.
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
-#[derive(Debug)]
+/// How to reach another proxy: with this proxy's credentials (when it has any), expecting
+/// the endpoint's identity (when the endpoint table names one).
+pub struct PeerTls {
+    pub creds: Arc<CredStore>,
+    pub identity: Option<String>,
+}
+
+impl std::fmt::Debug for H2Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Slot")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
 pub struct H2Slot {
     addr: SocketAddr,
+    /// `None` for the local app, which speaks plaintext.
+    peer: Option<PeerTls>,
     conn: ArcSwapOption<SendRequest<ProxyBody>>,
     connecting: Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum H2Error {
+    #[error(transparent)]
+    Peer(#[from] PeerError),
     #[error("connect to {addr}: {source}")]
     Connect {
         addr: SocketAddr,
@@ -49,9 +69,20 @@ pub enum H2Error {
 }
 
 impl H2Slot {
-    pub fn new(addr: SocketAddr) -> Arc<Self> {
+    /// A slot for the local application (plaintext).
+    pub fn app(addr: SocketAddr) -> Arc<Self> {
+        Self::new(addr, None)
+    }
+
+    /// A slot for another proxy's inbound listener.
+    pub fn peer(addr: SocketAddr, tls: PeerTls) -> Arc<Self> {
+        Self::new(addr, Some(tls))
+    }
+
+    fn new(addr: SocketAddr, peer: Option<PeerTls>) -> Arc<Self> {
         Arc::new(H2Slot {
             addr,
+            peer,
             conn: ArcSwapOption::empty(),
             connecting: Mutex::new(()),
         })
@@ -83,12 +114,18 @@ impl H2Slot {
         if let Some(s) = self.live() {
             return Ok(s);
         }
-        let stream = super::connect(self.addr)
-            .await
-            .map_err(|source| H2Error::Connect {
-                addr: self.addr,
-                source,
-            })?;
+        let stream = match &self.peer {
+            None => PeerIo::Plain(super::connect(self.addr).await.map_err(|source| {
+                H2Error::Connect {
+                    addr: self.addr,
+                    source,
+                }
+            })?),
+            Some(p) => {
+                let creds = p.creds.load();
+                peer::connect(creds.as_deref(), self.addr, ALPN_H2, p.identity.as_deref()).await?
+            }
+        };
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)

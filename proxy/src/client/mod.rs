@@ -2,6 +2,7 @@
 //! plain TCP connects shared by every path.
 pub mod h2;
 pub mod http1;
+pub mod peer;
 
 use std::io;
 use std::net::SocketAddr;

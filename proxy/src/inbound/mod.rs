@@ -8,8 +8,9 @@ use std::time::Instant;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use weir_policy::MtlsMode;
 
 use crate::body::ProxyBody;
@@ -22,9 +23,11 @@ use crate::errors::ProxyError;
 use crate::headers::{self, X_WEIR_ORIG_PROTO};
 use crate::metrics::{Direction, Metrics, Protocol, TrafficMetrics};
 use crate::server::{DetectSettings, Servers};
+use crate::tls::{self, ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE, CredStore};
 
 pub struct Inbound {
     config: Arc<ConfigStore>,
+    creds: Arc<CredStore>,
     metrics: Arc<Metrics>,
     traffic: Arc<TrafficMetrics>,
     app_addr: SocketAddr,
@@ -38,6 +41,7 @@ pub struct Inbound {
 impl Inbound {
     pub fn new(
         config: Arc<ConfigStore>,
+        creds: Arc<CredStore>,
         metrics: Arc<Metrics>,
         app_addr: SocketAddr,
         detect: DetectSettings,
@@ -47,10 +51,11 @@ impl Inbound {
         Arc::new(Inbound {
             traffic: metrics.traffic(Direction::Inbound, &local.service, Some(&local.namespace)),
             config,
+            creds,
             metrics,
             app_addr,
             app: app_client(app_addr),
-            app_h2: H2Slot::new(app_addr),
+            app_h2: H2Slot::app(app_addr),
             detect,
             servers: Servers::new(),
             drain,
@@ -65,63 +70,117 @@ impl Inbound {
         .await
     }
 
-    async fn connection(self: Arc<Self>, mut stream: TcpStream) {
+    async fn connection(self: Arc<Self>, stream: TcpStream) {
         let _open = self.metrics.inbound_connections.open();
-        if self.config.load().mtls == MtlsMode::Strict {
-            // No identity yet means no TLS; strict mode must not accept plaintext.
-            self.metrics.inbound_refused.fetch_add(1, Relaxed);
-            tracing::debug!("inbound plaintext connection refused: mtls is strict");
-            return;
-        }
         let orig_dst = crate::orig_dst::original_dst(&stream);
         let Some(detected) =
             crate::server::detect(&stream, &self.detect, orig_dst, "inbound").await
         else {
             return;
         };
+        if detected == Detected::Tls {
+            return self.tls_connection(stream).await;
+        }
+        if self.config.load().mtls == MtlsMode::Strict {
+            self.metrics.inbound_refused.fetch_add(1, Relaxed);
+            tracing::debug!("inbound plaintext connection refused: mtls is strict");
+            return;
+        }
         let conns = &self.metrics.inbound_connections;
         match detected {
             Detected::Http1 | Detected::H2 => {
-                let this = self.clone();
-                let handle = move |req| {
-                    let this = this.clone();
-                    async move { this.proxy(req).await }
-                };
                 let h2 = detected == Detected::H2;
-                self.servers
-                    .serve_http(&self.drain, conns, stream, h2, handle)
-                    .await;
+                self.serve_http(stream, h2, None).await;
             }
             Detected::Preamble => {
                 conns.protocol(Protocol::Opaque);
-                let mut preamble = [0u8; PREAMBLE_LEN];
-                if stream.read_exact(&mut preamble).await.is_err() {
-                    return;
-                }
-                let port = u16::from_be_bytes([
-                    preamble[PREAMBLE_MAGIC.len()],
-                    preamble[PREAMBLE_MAGIC.len() + 1],
-                ]);
-                self.opaque(stream, port).await;
+                self.opaque_with_preamble(stream).await;
             }
             Detected::Opaque => {
                 conns.protocol(Protocol::Opaque);
                 self.opaque(stream, orig_dst.map_or(0, |d| d.port())).await;
             }
-            Detected::Closed => {}
+            Detected::Tls | Detected::Closed => {}
         }
+    }
+
+    /// mTLS from a peer proxy: the handshake proves the caller's identity (a client
+    /// certificate from the mesh's roots is required) and ALPN says what the stream carries.
+    async fn tls_connection(self: Arc<Self>, stream: TcpStream) {
+        let Some(creds) = self.creds.load() else {
+            self.metrics.inbound_refused.fetch_add(1, Relaxed);
+            tracing::debug!("inbound TLS refused: this proxy has no identity");
+            return;
+        };
+        let tls = match TlsAcceptor::from(creds.server.clone()).accept(stream).await {
+            Ok(t) => t,
+            Err(e) => {
+                // No client certificate, an unknown root, an expired cert...
+                self.metrics.inbound_refused.fetch_add(1, Relaxed);
+                tracing::debug!(error = %e, "inbound TLS handshake failed");
+                return;
+            }
+        };
+        let (_, session) = tls.get_ref();
+        let peer: Option<Arc<str>> = tls::peer_id(session.peer_certificates()).map(Arc::from);
+        let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+        match alpn.as_deref() {
+            Some(ALPN_H2) => self.serve_http(tls, true, peer).await,
+            Some(ALPN_HTTP1) => self.serve_http(tls, false, peer).await,
+            Some(ALPN_OPAQUE) => {
+                self.metrics.inbound_connections.protocol(Protocol::Opaque);
+                self.opaque_with_preamble(tls).await;
+            }
+            other => {
+                tracing::debug!(alpn = ?other, "inbound TLS without a known ALPN protocol; closing")
+            }
+        }
+    }
+
+    async fn serve_http<I>(self: &Arc<Self>, io: I, h2: bool, peer: Option<Arc<str>>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let this = self.clone();
+        let handle = move |req| {
+            let this = this.clone();
+            let peer = peer.clone();
+            async move { this.proxy(req, peer.as_deref()).await }
+        };
+        let conns = &self.metrics.inbound_connections;
+        self.servers
+            .serve_http(&self.drain, conns, io, h2, handle)
+            .await;
+    }
+
+    async fn opaque_with_preamble<I>(&self, mut io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut preamble = [0u8; PREAMBLE_LEN];
+        if io.read_exact(&mut preamble).await.is_err() || !preamble.starts_with(PREAMBLE_MAGIC) {
+            return;
+        }
+        let port = u16::from_be_bytes([
+            preamble[PREAMBLE_MAGIC.len()],
+            preamble[PREAMBLE_MAGIC.len() + 1],
+        ]);
+        self.opaque(io, port).await;
     }
 
     /// Delivers an opaque stream to the app: on the original port when one is known, else on
     /// `--app-addr`. Always on the app's own address, never anywhere else.
-    async fn opaque(&self, mut stream: TcpStream, port: u16) {
+    async fn opaque<I>(&self, mut io: I, port: u16)
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
         let target = if port == 0 {
             self.app_addr
         } else {
             SocketAddr::new(self.app_addr.ip(), port)
         };
         let result = match crate::client::connect(target).await {
-            Ok(mut app) => crate::tcp::splice(&mut stream, &mut app).await,
+            Ok(mut app) => crate::tcp::splice(&mut io, &mut app).await,
             Err(e) => Err(e),
         };
         if let Err(e) = result {
@@ -129,13 +188,34 @@ impl Inbound {
         }
     }
 
-    async fn proxy(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn proxy(&self, req: Request<Incoming>, peer: Option<&str>) -> Response<ProxyBody> {
         self.traffic.request();
         let start = Instant::now();
-        let rsp = self.to_app(req).await.unwrap_or_else(ProxyError::response);
+        let rsp = match self.authorize(peer) {
+            Ok(()) => {
+                let mut req = req;
+                set_client_id(req.headers_mut(), peer);
+                self.to_app(req).await.unwrap_or_else(ProxyError::response)
+            }
+            Err(e) => e.response(),
+        };
         self.traffic
             .response(Some(rsp.status().as_u16()), start.elapsed());
         rsp
+    }
+
+    /// The service's authorization policy, read from the snapshot in force for every request,
+    /// so a change applies at once, on connections already open too.
+    fn authorize(&self, peer: Option<&str>) -> Result<(), ProxyError> {
+        let snapshot = self.config.load();
+        match &snapshot.inbound_authz {
+            None => Ok(()),
+            Some(authz) if peer.is_some_and(|p| authz.allows(p)) => Ok(()),
+            Some(_) => {
+                tracing::debug!(peer = ?peer, "request refused by the authorization policy");
+                Err(ProxyError::Unauthorized)
+            }
+        }
     }
 
     async fn to_app(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
@@ -170,6 +250,17 @@ impl Inbound {
         Ok(rsp.map(ProxyBody::Incoming))
     }
 }
+
+/// Tells the app who called: the SPIFFE id the mTLS handshake proved. Whatever a caller
+/// wrote there itself is removed, so the header can be trusted.
+fn set_client_id(headers: &mut http::HeaderMap, peer: Option<&str>) {
+    headers.remove(X_WEIR_CLIENT_ID);
+    if let Some(v) = peer.and_then(|p| http::HeaderValue::from_str(p).ok()) {
+        headers.insert(X_WEIR_CLIENT_ID, v);
+    }
+}
+
+const X_WEIR_CLIENT_ID: http::HeaderName = http::HeaderName::from_static("x-weir-client-id");
 
 /// Shapes a request for the app's HTTP/1.1 connection pool: Host carries the original
 /// authority; the URI's authority is only the pool key (the connector always dials the app).

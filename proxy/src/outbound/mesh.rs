@@ -9,17 +9,33 @@ use weir_policy::MtlsMode;
 
 use super::{Outbound, PeerProtocol};
 use crate::body::ProxyBody;
+use crate::client::h2::H2Error;
+use crate::client::peer::{self, PeerError, PeerIo};
 use crate::config::{Service, Snapshot};
 use crate::errors::ProxyError;
 use crate::headers::{self, HTTP11, X_WEIR_ORIG_PROTO};
-
-/// Until the identity work lands the proxy has no certificate, so it may only speak plaintext
-/// to peers when the mesh is permissive. Strict fails closed.
-pub(super) fn plaintext_allowed(snapshot: &Snapshot) -> bool {
-    snapshot.mtls == MtlsMode::Permissive
-}
+use crate::tls::ALPN_HTTP1;
 
 impl Outbound {
+    /// With credentials every peer connection is mTLS; without, plaintext is allowed only in a
+    /// permissive mesh. Strict without an identity fails closed.
+    pub(super) fn may_reach_mesh(&self, snapshot: &Snapshot) -> bool {
+        self.creds.load().is_some() || snapshot.mtls == MtlsMode::Permissive
+    }
+
+    /// A fresh connection to one of a backend's endpoints, for upgrades and opaque streams.
+    pub(super) async fn connect_peer(
+        &self,
+        addr: std::net::SocketAddr,
+        identity: Option<&str>,
+        alpn: &[u8],
+    ) -> Result<PeerIo, ProxyError> {
+        let creds = self.creds.load();
+        peer::connect(creds.as_deref(), addr, alpn, identity)
+            .await
+            .map_err(peer_error)
+    }
+
     pub(super) async fn to_mesh(
         &self,
         snapshot: &Snapshot,
@@ -45,14 +61,18 @@ impl Outbound {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let backend = svc.backend_for(&req);
         let ep = backend.pick().ok_or(ProxyError::NoEndpoints)?;
-        if !plaintext_allowed(snapshot) {
+        if !self.may_reach_mesh(snapshot) {
             return Err(ProxyError::NoIdentity);
         }
         if headers::is_upgrade(&req) {
-            return crate::upgrade::forward(ep.addr, req, &self.drain).await;
+            let io = self
+                .connect_peer(ep.addr, backend.identity.as_deref(), ALPN_HTTP1)
+                .await?;
+            return crate::upgrade::forward_on(io, req, &self.drain).await;
         }
         let from_http1 = req.version() < Version::HTTP_2;
-        if from_http1 && self.peer_protocol == PeerProtocol::Http1 {
+        // The HTTP/1 comparison mode is plaintext only; with credentials everything rides h2.
+        if from_http1 && self.peer_protocol == PeerProtocol::Http1 && self.creds.load().is_none() {
             // Pooled HTTP/1.1 to the peer: the URI names the peer's address, Host keeps the
             // service name.
             headers::strip_hop_by_hop(req.headers_mut());
@@ -80,7 +100,10 @@ impl Outbound {
         headers::strip_hop_by_hop(req.headers_mut());
         let mut send = ep.h2.ready_sender().await.map_err(|e| {
             tracing::debug!(service = %svc.name, backend = %backend.name, error = %e, "peer connection failed");
-            ProxyError::ConnectFailure
+            match e {
+                H2Error::Peer(p) => peer_error(p),
+                _ => ProxyError::ConnectFailure,
+            }
         })?;
         let mut rsp = send
             .send_request(req.map(ProxyBody::Incoming))
@@ -110,6 +133,19 @@ pub(super) fn set_authority<B>(
     parts.authority = Some(authority);
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest)?;
     Ok(())
+}
+
+fn peer_error(e: PeerError) -> ProxyError {
+    match e {
+        PeerError::IdentityMismatch { .. } => {
+            tracing::warn!(error = %e, "refused a peer presenting the wrong identity");
+            ProxyError::IdentityMismatch
+        }
+        _ => {
+            tracing::debug!(error = %e, "peer connection failed");
+            ProxyError::ConnectFailure
+        }
+    }
 }
 
 pub(super) fn client_error(e: hyper_util::client::legacy::Error) -> ProxyError {

@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::body::ProxyBody;
 use crate::client::http1::{DirectClient, direct_client, direct_h2_client};
+use crate::client::peer::PeerIo;
 use crate::config::ConfigStore;
 use crate::detect::{self, Detected};
 use crate::drain::Drain;
@@ -20,6 +21,7 @@ use crate::errors::ProxyError;
 use crate::headers;
 use crate::metrics::{Direction, Metrics, Protocol, TrafficMetrics};
 use crate::server::{DetectSettings, Servers};
+use crate::tls::{ALPN_OPAQUE, CredStore};
 
 /// How HTTP/1 requests travel between proxies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -32,6 +34,7 @@ pub enum PeerProtocol {
 
 pub struct Outbound {
     config: Arc<ConfigStore>,
+    creds: Arc<CredStore>,
     metrics: Arc<Metrics>,
     passthrough: Arc<TrafficMetrics>,
     direct: DirectClient,
@@ -45,6 +48,7 @@ pub struct Outbound {
 impl Outbound {
     pub fn new(
         config: Arc<ConfigStore>,
+        creds: Arc<CredStore>,
         metrics: Arc<Metrics>,
         peer_protocol: PeerProtocol,
         detect: DetectSettings,
@@ -53,6 +57,7 @@ impl Outbound {
         Arc::new(Outbound {
             passthrough: metrics.traffic(Direction::Outbound, "passthrough", None),
             config,
+            creds,
             metrics,
             direct: direct_client(),
             direct_h2: direct_h2_client(),
@@ -92,7 +97,8 @@ impl Outbound {
                     .serve_http(&self.drain, conns, stream, h2, handle)
                     .await;
             }
-            Detected::Opaque | Detected::Preamble => {
+            // An app's own TLS is opaque to the proxy.
+            Detected::Opaque | Detected::Preamble | Detected::Tls => {
                 conns.protocol(Protocol::Opaque);
                 self.opaque(stream, orig_dst).await;
             }
@@ -129,17 +135,18 @@ impl Outbound {
         let snapshot = self.config.load();
         let result = match snapshot.service_for_original_dst(dst) {
             Some(svc) => {
-                if !mesh::plaintext_allowed(&snapshot) {
+                if !self.may_reach_mesh(&snapshot) {
                     tracing::debug!(%dst, "opaque connection to a mesh service refused: mtls is strict and this proxy has no identity");
                     return;
                 }
                 let Some(ep) = svc.own.pick() else { return };
-                match crate::client::connect(ep.addr).await {
+                let identity = svc.own.identity.as_deref();
+                match self.connect_peer(ep.addr, identity, ALPN_OPAQUE).await {
                     Ok(mut up) => {
                         let preamble = detect::preamble(dst.port());
                         crate::tcp::splice_with_preamble(&mut stream, &mut up, &preamble).await
                     }
-                    Err(e) => Err(e),
+                    Err(e) => Err(std::io::Error::other(e.reason())),
                 }
             }
             None => match crate::client::connect(dst).await {
@@ -160,24 +167,27 @@ impl Outbound {
             .cloned()
             .ok_or(ProxyError::BadRequest)?;
         let snapshot = self.config.load();
-        let (addr, preamble) = match snapshot.service_for_authority(authority.as_str()) {
+        let (mut upstream, preamble) = match snapshot.service_for_authority(authority.as_str()) {
             Some(svc) => {
-                if !mesh::plaintext_allowed(&snapshot) {
+                if !self.may_reach_mesh(&snapshot) {
                     return Err(ProxyError::NoIdentity);
                 }
                 let ep = svc.own.pick().ok_or(ProxyError::NoEndpoints)?;
-                (ep.addr, Some(detect::preamble(0)))
+                let identity = svc.own.identity.as_deref();
+                let io = self.connect_peer(ep.addr, identity, ALPN_OPAQUE).await?;
+                (io, Some(detect::preamble(0)))
             }
             None => {
                 let mut addrs = tokio::net::lookup_host(authority.as_str())
                     .await
                     .map_err(|_| ProxyError::ConnectFailure)?;
-                (addrs.next().ok_or(ProxyError::ConnectFailure)?, None)
+                let addr = addrs.next().ok_or(ProxyError::ConnectFailure)?;
+                let tcp = crate::client::connect(addr)
+                    .await
+                    .map_err(|_| ProxyError::ConnectFailure)?;
+                (PeerIo::Plain(tcp), None)
             }
         };
-        let mut upstream = crate::client::connect(addr)
-            .await
-            .map_err(|_| ProxyError::ConnectFailure)?;
         let on_upgrade = hyper::upgrade::on(&mut req);
         self.drain.spawn(async move {
             let down = match on_upgrade.await {

@@ -7,8 +7,11 @@
 //! request byte is sent.
 mod verify;
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwapOption;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -95,6 +98,68 @@ impl Credentials {
         let mut c = (*self.client).clone();
         c.alpn_protocols = vec![alpn.to_vec()];
         Arc::new(c)
+    }
+}
+
+/// The credentials in force, swapped whole when they are renewed: connections already open
+/// keep the config they were made with, new ones get the new one.
+#[derive(Default)]
+pub struct CredStore(ArcSwapOption<Credentials>);
+
+impl CredStore {
+    pub fn load(&self) -> Option<Arc<Credentials>> {
+        self.0.load_full()
+    }
+
+    pub fn store(&self, creds: Credentials) {
+        self.0.store(Some(Arc::new(creds)));
+    }
+}
+
+/// `--cert/--key/--trust-bundle`: files written by something else (cert-manager, SPIRE),
+/// re-read whenever one of them changes.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub bundle: PathBuf,
+}
+
+impl CertFiles {
+    pub fn load(&self) -> Result<Credentials, String> {
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        Credentials::from_pem(&read(&self.cert)?, &read(&self.key)?, &read(&self.bundle)?)
+            .map_err(|e| format!("{}: {e}", self.cert.display()))
+    }
+
+    fn stamp(&self) -> Vec<Option<SystemTime>> {
+        [&self.cert, &self.key, &self.bundle]
+            .iter()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    /// Polls the files' modification times and reloads on change; a bad new set is logged
+    /// and the credentials in force stay.
+    pub async fn watch(self, store: Arc<CredStore>) {
+        let mut last = self.stamp();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = self.stamp();
+            if now == last {
+                continue;
+            }
+            last = now;
+            match self.load() {
+                Ok(c) => {
+                    tracing::info!(identity = %c.spiffe_id, "certificate files changed; credentials reloaded");
+                    store.store(c);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "certificate files changed but cannot be used; keeping the previous ones")
+                }
+            }
+        }
     }
 }
 
