@@ -25,6 +25,9 @@ pub struct Admin {
     /// With a control plane, config counts as loaded once a snapshot arrived (or came from the
     /// cache).
     pub needs_control_plane: bool,
+    /// With --token-file, not ready until the first certificate arrived.
+    pub needs_identity: bool,
+    pub creds: Arc<crate::tls::CredStore>,
     pub drain: Drain,
 }
 
@@ -61,8 +64,9 @@ impl Admin {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n".into()),
             (&Method::GET, "/ready") => {
-                let config_loaded =
-                    !self.needs_control_plane || self.config.load().control_plane_version > 0;
+                let config_loaded = (!self.needs_control_plane
+                    || self.config.load().control_plane_version > 0)
+                    && (!self.needs_identity || self.creds.load().is_some());
                 if self.ready.load(Ordering::Acquire) && config_loaded && !self.drain.is_draining()
                 {
                     text(StatusCode::OK, "ready\n".into())
@@ -71,7 +75,7 @@ impl Admin {
                 } else if !config_loaded {
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "waiting for the first control-plane snapshot\n".into(),
+                        "waiting for the first control-plane snapshot or the identity certificate\n".into(),
                     )
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())

@@ -77,6 +77,16 @@ pub struct RunArgs {
     #[arg(long, env = "WEIR_ADVERTISE_ADDR")]
     pub advertise_addr: Option<SocketAddr>,
 
+    /// File holding a token from `weirctl token create` (or a projected ServiceAccount token):
+    /// the proxy gets its certificate from --control-plane with it and renews it.
+    #[arg(
+        long,
+        env = "WEIR_TOKEN_FILE",
+        requires = "control_plane",
+        conflicts_with = "cert"
+    )]
+    pub token_file: Option<PathBuf>,
+
     /// This proxy's certificate chain (PEM, leaf first, SPIFFE URI SAN), e.g. from
     /// cert-manager or SPIRE; re-read when it changes. Needs --key and --trust-bundle.
     #[arg(long, env = "WEIR_CERT", requires_all = ["key", "trust_bundle"])]

@@ -141,6 +141,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         ready: Default::default(),
         needs_control_plane: control.is_some(),
+        needs_identity: args.token_file.is_some(),
+        creds: creds.clone(),
         drain: drain.clone(),
     });
     tokio::spawn(admin.clone().serve(admin_listener));
@@ -150,6 +152,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     if let Some(files) = cert_files {
         tokio::spawn(files.watch(creds.clone()));
+    }
+    if let (Some(token_file), Some(url)) = (&args.token_file, &args.control_plane) {
+        let local = config.local();
+        let certifier = tls::certify::Certifier {
+            url: url.clone(),
+            token_file: token_file.clone(),
+            spiffe_id: format!(
+                "spiffe://{}/ns/{}/sa/{}",
+                args.trust_domain, local.namespace, local.service_account
+            ),
+            creds: creds.clone(),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(certifier.run());
     }
     let outbound = outbound::Outbound::new(
         config.clone(),

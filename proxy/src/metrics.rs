@@ -122,6 +122,8 @@ pub struct Metrics {
     pub reloads_error: AtomicU64,
     /// Inbound connections refused by policy (plaintext under strict mTLS).
     pub inbound_refused: AtomicU64,
+    /// Certificates obtained from the control plane (first one and renewals).
+    pub identity_renewals: AtomicU64,
 }
 
 impl Metrics {
@@ -237,6 +239,14 @@ impl Metrics {
             out,
             "weir_inbound_refused_total {}",
             self.inbound_refused.load(Relaxed)
+        );
+
+        out.push_str("# HELP weir_identity_certificates_total Certificates obtained from the control plane.\n");
+        out.push_str("# TYPE weir_identity_certificates_total counter\n");
+        let _ = writeln!(
+            out,
+            "weir_identity_certificates_total {}",
+            self.identity_renewals.load(Relaxed)
         );
 
         out.push_str("# HELP weir_config_version Version of the config snapshot in force.\n");

@@ -17,20 +17,28 @@ pub struct ControlPlane {
     pub data_dir: PathBuf,
     log_dir: PathBuf,
     starts: u32,
+    args: Vec<String>,
 }
 
 impl ControlPlane {
     /// Starts a control plane on a free port with `data_dir` (created if missing).
     pub async fn start(data_dir: &Path, log_dir: &Path) -> Self {
+        Self::start_with(data_dir, log_dir, &[]).await
+    }
+
+    /// Like `start`, with extra `weir-control serve` flags (e.g. `--cert-ttl 3s`).
+    pub async fn start_with(data_dir: &Path, log_dir: &Path, args: &[&str]) -> Self {
         let port = free_ports(1).expect("free port")[0];
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let child = spawn(addr, data_dir, log_dir, 1).await;
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let child = spawn(addr, data_dir, log_dir, 1, &args).await;
         Self {
             child,
             addr,
             data_dir: data_dir.to_path_buf(),
             log_dir: log_dir.to_path_buf(),
             starts: 1,
+            args,
         }
     }
 
@@ -43,7 +51,14 @@ impl ControlPlane {
     pub async fn restart(&mut self) {
         self.child.kill();
         self.starts += 1;
-        self.child = spawn(self.addr, &self.data_dir, &self.log_dir, self.starts).await;
+        self.child = spawn(
+            self.addr,
+            &self.data_dir,
+            &self.log_dir,
+            self.starts,
+            &self.args,
+        )
+        .await;
     }
 
     pub fn url(&self) -> String {
@@ -98,11 +113,18 @@ impl ControlPlane {
     }
 }
 
-async fn spawn(addr: SocketAddr, data_dir: &Path, log_dir: &Path, n: u32) -> ChildGuard {
+async fn spawn(
+    addr: SocketAddr,
+    data_dir: &Path,
+    log_dir: &Path,
+    n: u32,
+    args: &[String],
+) -> ChildGuard {
     let log = log_dir.join(format!("weir-control-{n}.log"));
     let mut cmd = Command::new(bins::control_bin());
     cmd.args(["serve", "--listen", &addr.to_string(), "--data-dir"])
-        .arg(data_dir);
+        .arg(data_dir)
+        .args(args);
     let mut child =
         ChildGuard::spawn("weir-control", &mut cmd, Some(&log), false).expect("spawn weir-control");
     // Ready = the gRPC port accepts and the admin token exists.

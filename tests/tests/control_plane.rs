@@ -1,18 +1,14 @@
 //! The control plane end to end: real `weir-control`, real `weirctl`, real proxies that take
 //! their config from it. Design §5–§7.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
 use weir_tests::control::ControlPlane;
+use weir_tests::load::{Load, call, failures};
 use weir_tests::util::{TestDir, wait_until, within};
-use weir_tests::{Proxy, apps, client, config};
+use weir_tests::{Proxy, apps, config};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// 200 requests per second, as the issue asks.
-const LOAD_INTERVAL: Duration = Duration::from_millis(5);
 
 fn split(v1: u32, v2: u32) -> String {
     format!(
@@ -114,113 +110,11 @@ impl Mesh {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Sample {
-    started: Instant,
-    status: u16,
-    app: String,
-}
-
-/// One GET to payments through `entry`; never panics, so a failure is counted, not fatal.
-async fn call(entry: SocketAddr) -> (u16, String) {
-    let attempt = async {
-        let stream = tokio::net::TcpStream::connect(entry)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut sender = client::h1_on(stream).await;
-        let rsp = sender
-            .send_request(client::request("GET", "payments", "/echo", client::empty()))
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = rsp.status().as_u16();
-        let body = rsp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        let app = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["app"].as_str().map(str::to_owned))
-            .unwrap_or_default();
-        Ok::<_, String>((status, app))
-    };
-    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => (0, e),
-        Err(_) => (0, "timeout".into()),
-    }
-}
-
-/// A steady 200 rps stream to payments until `stop` is set (or `max` passes).
-struct Load {
-    samples: Arc<Mutex<Vec<Sample>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Load {
-    fn start(entry: SocketAddr, max: Duration) -> Load {
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (s, st) = (samples.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            let deadline = Instant::now() + max;
-            let mut tick = tokio::time::interval(LOAD_INTERVAL);
-            let mut inflight = tokio::task::JoinSet::new();
-            while !st.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
-                tick.tick().await;
-                let s = s.clone();
-                inflight.spawn(async move {
-                    let started = Instant::now();
-                    let (status, app) = call(entry).await;
-                    s.lock().expect("samples").push(Sample {
-                        started,
-                        status,
-                        app,
-                    });
-                });
-            }
-            while inflight.join_next().await.is_some() {}
-        });
-        Load {
-            samples,
-            stop,
-            task,
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.samples.lock().expect("samples").len()
-    }
-
-    async fn wait_for(&self, n: usize) {
-        wait_until(
-            &format!("{n} responses under load"),
-            Duration::from_secs(30),
-            || async { self.count() >= n },
-        )
-        .await;
-    }
-
-    async fn finish(self) -> Vec<Sample> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.task.await.expect("load task");
-        let mut v = self.samples.lock().expect("samples").clone();
-        v.sort_by_key(|s| s.started);
-        v
-    }
-}
-
-fn failures(samples: &[Sample]) -> Vec<&Sample> {
-    samples.iter().filter(|s| s.status != 200).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_split_flips_under_load_without_a_failed_request() {
     within(TEST_TIMEOUT, "split flip", async {
         let mesh = Mesh::start("cp-flip").await;
-        let load = Load::start(mesh.client.outbound(), Duration::from_secs(30));
+        let load = Load::start(mesh.client.outbound(), "payments", Duration::from_secs(30));
         load.wait_for(200).await;
 
         let invoked = Instant::now();
@@ -278,15 +172,15 @@ async fn control_plane_outage_loses_nothing_and_restart_keeps_every_object() {
             Duration::from_secs(20),
             || async {
                 let (a, b) = (
-                    call(mesh.client.outbound()).await,
-                    call(mesh.client.outbound()).await,
+                    call(mesh.client.outbound(), "payments").await,
+                    call(mesh.client.outbound(), "payments").await,
                 );
                 a.1 != b.1
             },
         )
         .await;
 
-        let load = Load::start(mesh.client.outbound(), Duration::from_secs(30));
+        let load = Load::start(mesh.client.outbound(), "payments", Duration::from_secs(30));
         load.wait_for(100).await;
         mesh.cp.kill().await;
         let after = load.count() + 200;
@@ -303,7 +197,7 @@ async fn control_plane_outage_loses_nothing_and_restart_keeps_every_object() {
             .arg(cache.to_str().expect("utf-8 path"))
             .start()
             .await;
-        let (status, app) = call(restarted.outbound()).await;
+        let (status, app) = call(restarted.outbound(), "payments").await;
         assert_eq!(
             status, 200,
             "restarted proxy must route from its cache: {app}"
@@ -386,7 +280,7 @@ async fn a_snapshot_the_proxy_cannot_apply_is_nacked_and_the_last_good_kept() {
                 .await
         };
         wait_until("billing routes to payments", Duration::from_secs(20), || async {
-            call(before_conflict.outbound()).await == (200, "v1".to_owned())
+            call(before_conflict.outbound(), "payments").await == (200, "v1".to_owned())
         })
         .await;
         let good = before_conflict.admin_get("/config").await.json().expect("json")["control_plane_version"].as_u64();
@@ -409,10 +303,10 @@ async fn a_snapshot_the_proxy_cannot_apply_is_nacked_and_the_last_good_kept() {
         // The last good snapshot stays: still v1 (the local file's view), version unchanged.
         let cfg = before_conflict.admin_get("/config").await.json().expect("json");
         assert_eq!(cfg["control_plane_version"].as_u64(), good);
-        assert_eq!(call(before_conflict.outbound()).await, (200, "v1".to_owned()));
+        assert_eq!(call(before_conflict.outbound(), "payments").await, (200, "v1".to_owned()));
         // The other client took it.
         wait_until("orders on v2", Duration::from_secs(20), || async {
-            call(mesh.client.outbound()).await == (200, "v2".to_owned())
+            call(mesh.client.outbound(), "payments").await == (200, "v2".to_owned())
         })
         .await;
     })

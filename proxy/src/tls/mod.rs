@@ -5,6 +5,7 @@
 //! chain against the trust bundle without a name check and the caller compares the peer's
 //! SPIFFE id with the one the endpoint table expects right after the handshake, before any
 //! request byte is sent.
+pub mod certify;
 mod verify;
 
 use std::path::PathBuf;
