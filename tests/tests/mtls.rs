@@ -34,8 +34,20 @@ fn ca() -> Ca {
 
 /// Writes cert, key and bundle for `id` into `dir`; returns the proxy flags.
 fn identity(dir: &Path, ca: &Ca, id: &str, name: &str) -> Vec<String> {
+    identity_with(dir, ca, id, name, |_| {})
+}
+
+/// Like `identity`, letting the test change the leaf (e.g. its validity).
+fn identity_with(
+    dir: &Path,
+    ca: &Ca,
+    id: &str,
+    name: &str,
+    adjust: impl FnOnce(&mut CertificateParams),
+) -> Vec<String> {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
     params.subject_alt_names = vec![SanType::URI(id.try_into().expect("uri"))];
+    adjust(&mut params);
     let key = KeyPair::generate().expect("key");
     let cert = params.signed_by(&key, &ca.issuer).expect("leaf");
     let write = |suffix: &str, text: &str| -> PathBuf {
@@ -272,6 +284,59 @@ async fn certificates_from_the_control_plane_rotate_under_load_without_a_failed_
             seen["headers"]["x-weir-client-id"][0],
             "spiffe://weir.local/ns/default/sa/orders"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_refused() {
+    within(TEST_TIMEOUT, "expired certificate", async {
+        let dir = TestDir::new("mtls-expired").expect("dir");
+        let root = ca();
+        let app = apps::http::start("app").await;
+        let callee_id = identity(dir.path(), &root, ECHO, "echo");
+        let callee = with_args(
+            Proxy::builder("echo", dir.path()).service("echo").app_addr(app.addr),
+            &callee_id,
+        )
+        .start()
+        .await;
+        // The caller's certificate expired yesterday.
+        let expired = identity_with(dir.path(), &root, ORDERS, "orders", |p| {
+            let now = time::OffsetDateTime::now_utc();
+            p.not_before = now - time::Duration::days(2);
+            p.not_after = now - time::Duration::days(1);
+        });
+        let caller_cfg = dir.join("caller.yaml");
+        std::fs::write(
+            &caller_cfg,
+            format!(
+                "apiVersion: weir/v1\nkind: Endpoints\nmetadata: {{ name: echo, namespace: default }}\nspec: {{ addresses: [\"{}\"], identity: \"{ECHO}\" }}\n",
+                callee.inbound()
+            ),
+        )
+        .expect("write");
+        let caller = with_args(
+            Proxy::builder("orders", dir.path()).service("orders").config(&caller_cfg),
+            &expired,
+        )
+        .start()
+        .await;
+        let refused = callee.metric("weir_inbound_refused_total", &[]).await;
+        let rsp = get(caller.outbound()).await;
+        assert_eq!(rsp.status, 502, "{}", rsp.text());
+        // In TLS 1.3 the client finishes its handshake before the server judges the client's
+        // certificate, so the refusal surfaces either at connect or on the first stream.
+        assert!(
+            matches!(rsp.header("x-weir-error"), Some("connect-failure" | "reset")),
+            "{:?}",
+            rsp.header("x-weir-error")
+        );
+        assert_eq!(app.stats.requests(), 0, "nothing reached the app");
+        wait_until("the callee counted the refusal", Duration::from_secs(10), || async {
+            callee.metric("weir_inbound_refused_total", &[]).await > refused
+        })
+        .await;
     })
     .await;
 }
