@@ -66,7 +66,7 @@ impl Admin {
             (&Method::GET, "/ready") => {
                 let config_loaded = (!self.needs_control_plane
                     || self.config.load().control_plane_version > 0)
-                    && (!self.needs_identity || self.creds.load().is_some());
+                    && (!self.needs_identity || self.creds.is_present());
                 if self.ready.load(Ordering::Acquire) && config_loaded && !self.drain.is_draining()
                 {
                     text(StatusCode::OK, "ready\n".into())

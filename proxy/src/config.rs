@@ -25,6 +25,16 @@ pub struct LocalIdentity {
     pub service_account: String,
 }
 
+impl LocalIdentity {
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>` (design §3).
+    pub fn spiffe_id(&self, trust_domain: &str) -> String {
+        format!(
+            "spiffe://{trust_domain}/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
+    }
+}
+
 /// One address of a mesh service: another proxy's inbound listener.
 #[derive(Debug)]
 pub struct Endpoint {

@@ -15,6 +15,7 @@ use weir_proto::discovery::v1::{
 };
 
 use crate::config::{ConfigStore, Pushed};
+use crate::jitter::Jitter;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -228,27 +229,6 @@ fn write_atomic(dir: &Path, pushed: &Pushed) -> std::io::Result<()> {
     std::fs::rename(&tmp, dir.join(CACHE_FILE))
 }
 
-/// xorshift64*: jitter needs spread, not cryptographic randomness.
-struct Jitter(u64);
-
-impl Jitter {
-    fn seeded() -> Self {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        Jitter((t ^ u64::from(std::process::id()).rotate_left(32)) | 1)
-    }
-
-    fn below(&mut self, max: Duration) -> Duration {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let r = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(r % nanos.max(1))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,13 +252,5 @@ mod tests {
         let errors = decode(7, &[doc(&bad_percent), doc("{not json")]).expect_err("invalid");
         assert_eq!(errors.0.len(), 2, "{errors}");
         assert!(errors.to_string().contains("snapshot 7"), "{errors}");
-    }
-
-    #[test]
-    fn jitter_stays_below_the_bound() {
-        let mut j = Jitter::seeded();
-        for _ in 0..1000 {
-            assert!(j.below(Duration::from_millis(100)) < Duration::from_millis(100));
-        }
     }
 }

@@ -10,6 +10,7 @@ mod drain;
 mod errors;
 mod headers;
 mod inbound;
+mod jitter;
 mod metrics;
 mod orig_dst;
 mod outbound;
@@ -154,14 +155,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(files.watch(creds.clone()));
     }
     if let (Some(token_file), Some(url)) = (&args.token_file, &args.control_plane) {
-        let local = config.local();
         let certifier = tls::certify::Certifier {
             url: url.clone(),
             token_file: token_file.clone(),
-            spiffe_id: format!(
-                "spiffe://{}/ns/{}/sa/{}",
-                args.trust_domain, local.namespace, local.service_account
-            ),
+            spiffe_id: config.local().spiffe_id(&args.trust_domain),
             creds: creds.clone(),
             metrics: metrics.clone(),
         };
@@ -237,10 +234,7 @@ fn hello(args: &RunArgs, config: &ConfigStore) -> weir_proto::discovery::v1::Hel
         service: local.service.clone(),
         namespace: local.namespace.clone(),
         service_account: local.service_account.clone(),
-        identity: format!(
-            "spiffe://{}/ns/{}/sa/{}",
-            args.trust_domain, local.namespace, local.service_account
-        ),
+        identity: local.spiffe_id(&args.trust_domain),
         inbound_address: advertise.map(|a| a.to_string()).unwrap_or_default(),
         current_version: 0,
         proxy_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -271,7 +265,7 @@ fn reload(config: &ConfigStore, creds: &tls::CredStore) {
 }
 
 fn warn_if_strict_without_identity(config: &ConfigStore, creds: &tls::CredStore) {
-    if config.load().mtls == MtlsMode::Strict && creds.load().is_none() {
+    if config.load().mtls == MtlsMode::Strict && !creds.is_present() {
         tracing::warn!(
             "MeshConfig mtls is strict (the default) but this proxy has no identity yet: mesh \
              traffic and inbound connections will be refused. Set `mtls: permissive` in a MeshConfig \

@@ -20,7 +20,7 @@ impl Outbound {
     /// With credentials every peer connection is mTLS; without, plaintext is allowed only in a
     /// permissive mesh. Strict without an identity fails closed.
     pub(super) fn may_reach_mesh(&self, snapshot: &Snapshot) -> bool {
-        self.creds.load().is_some() || snapshot.mtls == MtlsMode::Permissive
+        may_reach_mesh(self.creds.is_present(), snapshot)
     }
 
     /// A fresh connection to one of a backend's endpoints, for upgrades and opaque streams.
@@ -61,7 +61,8 @@ impl Outbound {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let backend = svc.backend_for(&req);
         let ep = backend.pick().ok_or(ProxyError::NoEndpoints)?;
-        if !self.may_reach_mesh(snapshot) {
+        let has_identity = self.creds.is_present();
+        if !may_reach_mesh(has_identity, snapshot) {
             return Err(ProxyError::NoIdentity);
         }
         if headers::is_upgrade(&req) {
@@ -72,7 +73,7 @@ impl Outbound {
         }
         let from_http1 = req.version() < Version::HTTP_2;
         // The HTTP/1 comparison mode is plaintext only; with credentials everything rides h2.
-        if from_http1 && self.peer_protocol == PeerProtocol::Http1 && self.creds.load().is_none() {
+        if from_http1 && self.peer_protocol == PeerProtocol::Http1 && !has_identity {
             // Pooled HTTP/1.1 to the peer: the URI names the peer's address, Host keeps the
             // service name.
             headers::strip_hop_by_hop(req.headers_mut());
@@ -133,6 +134,10 @@ pub(super) fn set_authority<B>(
     parts.authority = Some(authority);
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest)?;
     Ok(())
+}
+
+fn may_reach_mesh(has_identity: bool, snapshot: &Snapshot) -> bool {
+    has_identity || snapshot.mtls == MtlsMode::Permissive
 }
 
 fn peer_error(e: PeerError) -> ProxyError {

@@ -13,6 +13,7 @@ use weir_proto::identity::v1::CertifyRequest;
 use weir_proto::identity::v1::identity_client::IdentityClient;
 
 use super::{CredStore, Credentials};
+use crate::jitter::Jitter;
 use crate::metrics::Metrics;
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
@@ -50,6 +51,7 @@ impl Certifier {
     /// keeps serving.
     pub async fn run(self) {
         let mut retry = RETRY_MIN;
+        let mut jitter = Jitter::seeded();
         loop {
             match self.certify().await {
                 Ok(not_after) => {
@@ -57,13 +59,13 @@ impl Certifier {
                     let now = SystemTime::now();
                     let lifetime = not_after.duration_since(now).unwrap_or_default();
                     // 60–75 % of the remaining lifetime.
-                    let frac = 0.60 + 0.15 * jitter();
+                    let frac = 0.60 + 0.15 * jitter.fraction();
                     let wait = lifetime.mul_f64(frac).max(Duration::from_millis(100));
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?retry, "cannot obtain a certificate; keeping the current one");
-                    tokio::time::sleep(retry.mul_f64(0.5 + 0.5 * jitter())).await;
+                    tokio::time::sleep(retry.mul_f64(0.5 + 0.5 * jitter.fraction())).await;
                     retry = (retry * 2).min(RETRY_MAX);
                 }
             }
@@ -105,14 +107,4 @@ impl Certifier {
         self.metrics.identity_renewals.fetch_add(1, Relaxed);
         Ok(not_after)
     }
-}
-
-/// A number in [0, 1) for jitter; spread matters, not unpredictability.
-fn jitter() -> f64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let mixed =
-        (u64::from(nanos) ^ u64::from(std::process::id())).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (mixed >> 11) as f64 / (1u64 << 53) as f64
 }

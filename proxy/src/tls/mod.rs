@@ -112,6 +112,11 @@ impl CredStore {
         self.0.load_full()
     }
 
+    /// Whether an identity is in force; no reference count touched, for the request path.
+    pub fn is_present(&self) -> bool {
+        self.0.load().is_some()
+    }
+
     pub fn store(&self, creds: Credentials) {
         self.0.store(Some(Arc::new(creds)));
     }
