@@ -95,6 +95,12 @@ impl ControlPlane {
         child.wait_with_output().expect("weirctl output")
     }
 
+    /// Writes `yaml` to `path` and `weirctl apply -f`s it; returns weirctl's stdout.
+    pub fn apply(&self, path: &Path, yaml: &str) -> String {
+        std::fs::write(path, yaml).expect("write policy file");
+        self.weirctl_ok(&["apply", "-f", path.to_str().expect("utf-8 path")])
+    }
+
     /// `weirctl …` that must succeed; returns stdout.
     pub fn weirctl_ok(&self, args: &[&str]) -> String {
         let out = self.weirctl(args);

@@ -46,6 +46,17 @@ where
     read_response(stream).await
 }
 
+/// `GET path` with `Host: host` and `Connection: close` on a fresh connection to `addr`.
+pub async fn get(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+) -> std::io::Result<RawResponse> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    roundtrip(&mut stream, request.as_bytes()).await
+}
+
 pub async fn read_response<S>(stream: &mut S) -> std::io::Result<RawResponse>
 where
     S: AsyncRead + Unpin,

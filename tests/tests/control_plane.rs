@@ -33,13 +33,10 @@ impl Mesh {
     async fn start(label: &str) -> Mesh {
         let dir = TestDir::new(label).expect("dir");
         let cp = ControlPlane::start(&dir.join("data"), dir.path()).await;
-        let policy = dir.join("policy.yaml");
-        std::fs::write(
-            &policy,
-            config::documents(&[config::MESH_PERMISSIVE, &split(100, 0)]),
-        )
-        .expect("write");
-        cp.weirctl_ok(&["apply", "-f", policy.to_str().expect("utf-8 path")]);
+        cp.apply(
+            &dir.join("policy.yaml"),
+            &config::documents(&[config::MESH_PERMISSIVE, &split(100, 0)]),
+        );
 
         let v1 = apps::http::start("v1").await;
         let v2 = apps::http::start("v2").await;
@@ -103,10 +100,7 @@ impl Mesh {
     }
 
     fn apply(&self, name: &str, yaml: &str) {
-        let path = self.dir.join(name);
-        std::fs::write(&path, yaml).expect("write");
-        self.cp
-            .weirctl_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
+        self.cp.apply(&self.dir.join(name), yaml);
     }
 }
 
@@ -412,13 +406,10 @@ async fn invalid_documents_are_rejected_with_their_field_path_and_change_nothing
     within(TEST_TIMEOUT, "invalid documents", async {
         let dir = TestDir::new("cp-invalid").expect("dir");
         let cp = ControlPlane::start(&dir.join("data"), dir.path()).await;
-        let good = dir.join("good.yaml");
-        std::fs::write(
-            &good,
-            config::documents(&[config::MESH_PERMISSIVE, &split(90, 10)]),
-        )
-        .expect("write");
-        cp.weirctl_ok(&["apply", "-f", good.to_str().expect("utf-8 path")]);
+        cp.apply(
+            &dir.join("good.yaml"),
+            &config::documents(&[config::MESH_PERMISSIVE, &split(90, 10)]),
+        );
         let before = (
             cp.weirctl_ok(&["get", "servicepolicy", "-o", "json"]),
             cp.weirctl_ok(&["get", "meshconfig", "-o", "json"]),

@@ -72,15 +72,9 @@ fn identity_with(
 }
 
 async fn get(entry: std::net::SocketAddr) -> raw_http::RawResponse {
-    let mut s = tokio::net::TcpStream::connect(entry)
+    raw_http::get(entry, "echo", "/echo")
         .await
-        .expect("connect");
-    raw_http::roundtrip(
-        &mut s,
-        b"GET /echo HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .expect("response")
+        .expect("response")
 }
 
 fn with_args(
@@ -141,8 +135,7 @@ async fn strict_mtls_end_to_end_with_identity_checks_and_authorization() {
 
         // 2. Plaintext to the strict inbound port is refused.
         let refused_before = callee.metric("weir_inbound_refused_total", &[]).await;
-        let mut s = tokio::net::TcpStream::connect(callee.inbound()).await.expect("connect");
-        let plain = raw_http::roundtrip(&mut s, b"GET /echo HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n").await;
+        let plain = raw_http::get(callee.inbound(), "echo", "/echo").await;
         assert!(plain.is_err(), "plaintext must not be answered: {plain:?}");
         assert_eq!(callee.metric("weir_inbound_refused_total", &[]).await, refused_before + 1.0);
 

@@ -95,15 +95,9 @@ async fn service_without_endpoints_gets_503_no_endpoints() {
         .await;
 
     let rsp = within(TEST_TIMEOUT, "GET ghost", async {
-        let mut s = tokio::net::TcpStream::connect(proxy.outbound())
+        raw_http::get(proxy.outbound(), "ghost.default", "/")
             .await
-            .expect("connect");
-        raw_http::roundtrip(
-            &mut s,
-            b"GET / HTTP/1.1\r\nHost: ghost.default\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .expect("response")
+            .expect("response")
     })
     .await;
     assert_eq!(rsp.status, 503);
@@ -124,15 +118,9 @@ async fn strict_mtls_without_identity_fails_closed() {
         .await;
 
     let rsp = within(TEST_TIMEOUT, "GET echo under strict", async {
-        let mut s = tokio::net::TcpStream::connect(proxy.outbound())
+        raw_http::get(proxy.outbound(), "echo", "/echo")
             .await
-            .expect("connect");
-        raw_http::roundtrip(
-            &mut s,
-            b"GET /echo HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .expect("response")
+            .expect("response")
     })
     .await;
     assert_eq!(rsp.status, 502);
