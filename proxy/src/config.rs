@@ -261,6 +261,13 @@ impl ConfigStore {
         self.current.load_full()
     }
 
+    /// Runs `f` on the snapshot in force without taking a reference count: for synchronous
+    /// per-request checks that do not hold the snapshot across an await.
+    #[inline]
+    pub fn peek<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
+        f(&self.current.load())
+    }
+
     /// Reads the `--config` files and swaps in the result. On any error (in the files, or in
     /// how they combine with the pushed snapshot) the snapshot in force stays, and every error
     /// is returned.

@@ -81,7 +81,7 @@ impl Inbound {
         if detected == Detected::Tls {
             return self.tls_connection(stream).await;
         }
-        if self.config.load().mtls == MtlsMode::Strict {
+        if self.config.peek(|s| s.mtls == MtlsMode::Strict) {
             self.metrics.inbound_refused.fetch_add(1, Relaxed);
             tracing::debug!("inbound plaintext connection refused: mtls is strict");
             return;
@@ -207,14 +207,15 @@ impl Inbound {
     /// The service's authorization policy, read from the snapshot in force for every request,
     /// so a change applies at once, on connections already open too.
     fn authorize(&self, peer: Option<&str>) -> Result<(), ProxyError> {
-        let snapshot = self.config.load();
-        match &snapshot.inbound_authz {
-            None => Ok(()),
-            Some(authz) if peer.is_some_and(|p| authz.allows(p)) => Ok(()),
-            Some(_) => {
-                tracing::debug!(peer = ?peer, "request refused by the authorization policy");
-                Err(ProxyError::Unauthorized)
-            }
+        let allowed = self.config.peek(|snapshot| match &snapshot.inbound_authz {
+            None => true,
+            Some(authz) => peer.is_some_and(|p| authz.allows(p)),
+        });
+        if allowed {
+            Ok(())
+        } else {
+            tracing::debug!(peer = ?peer, "request refused by the authorization policy");
+            Err(ProxyError::Unauthorized)
         }
     }
 
