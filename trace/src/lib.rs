@@ -1,0 +1,1 @@
+//! Trace context propagation and span export for the proxy.
