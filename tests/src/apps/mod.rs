@@ -1,5 +1,6 @@
 //! In-process test applications on real sockets, with counters the tests read.
 
+pub mod chaos;
 pub mod grpc;
 pub mod http;
 pub mod tcp;
