@@ -70,7 +70,7 @@ for n in $STREAMS; do
     [[ -n "$addr" ]] || { echo "weir-control did not start within 10 s:" >&2; cat "$log" >&2; exit 1; }
     echo "== $n streams against weir-control pid $CP_PID on $addr" >&2
     sleep 0.5 # idle baseline after startup
-    args=(--server "http://$addr" --token-file "$data/admin.token" --streams "$n"
+    args=(--server "https://$addr" --token-file "$data/admin.token" --trust-bundle "$data/trust-bundle.pem" --streams "$n"
           --rounds "$ROUNDS" --cp-pid "$CP_PID")
     [[ -n "$CONNECTIONS" ]] && args+=(--connections "$CONNECTIONS")
     # Bounded: connect timeout 180 s + 30 s per round + Status checks.

@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Shared, not copied: the control plane sends one snapshot to thousands of streams.
         .bytes(".weir.discovery.v1.Document.json")
+        .bytes(".weir.discovery.v1.Snapshot.trust_bundle_pem")
         .compile_protos(&PROTOS, &["proto"])?;
     Ok(())
 }

@@ -436,6 +436,28 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn rotate_ca(
+        &self,
+        request: Request<pb::RotateCaRequest>,
+    ) -> Result<Response<pb::CaInfo>, Status> {
+        let req = request.into_inner();
+        let phase: crate::identity::rotation::Phase =
+            req.phase.parse().map_err(Status::invalid_argument)?;
+        let authority = self.authority.clone();
+        // Generating a root and writing the store block: off the async workers.
+        let info = tokio::task::spawn_blocking(move || authority.rotate(phase, req.force))
+            .await
+            .map_err(|e| Status::internal(format!("rotation task failed: {e}")))??;
+        Ok(Response::new(info))
+    }
+
+    async fn get_ca(
+        &self,
+        _request: Request<pb::GetCaRequest>,
+    ) -> Result<Response<pb::CaInfo>, Status> {
+        Ok(Response::new(self.authority.info()))
+    }
+
     async fn version(
         &self,
         _request: Request<pb::VersionRequest>,

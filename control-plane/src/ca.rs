@@ -284,6 +284,56 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// Signs a serving certificate for the control plane itself, with a key made here: its DNS
+    /// names and IP addresses (what proxies and weirctl dial) and its SPIFFE id. Returns the
+    /// chain and the key as PEM.
+    pub fn sign_server(
+        &self,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+        uri: &str,
+        ttl: Duration,
+    ) -> Result<(Issued, String), CsrError> {
+        let sign_err = |err: rcgen::Error| CsrError::Sign(err.to_string());
+        let now = OffsetDateTime::now_utc();
+        if now >= self.not_after {
+            return Err(CsrError::CaExpired(self.not_after));
+        }
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(sign_err)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "weir-control");
+        let mut sans = Vec::with_capacity(dns_names.len() + ips.len() + 1);
+        for name in dns_names {
+            let name = Ia5String::try_from(name.as_str())
+                .map_err(|err| CsrError::Sign(format!("server name {name:?}: {err}")))?;
+            sans.push(SanType::DnsName(name));
+        }
+        sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        sans.push(SanType::URI(
+            Ia5String::try_from(uri).map_err(|err| CsrError::Sign(err.to_string()))?,
+        ));
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial().map_err(CsrError::Sign)?);
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = self.not_after.min(now + ttl);
+        let cert = params.signed_by(&key, &self.issuer).map_err(sign_err)?;
+        let issued = Issued {
+            chain_pem: format!("{}{}", cert.pem(), self.intermediates_pem),
+            trust_bundle_pem: self.trust_bundle_pem.clone(),
+            not_after: params.not_after.into(),
+        };
+        Ok((issued, key.serialize_pem()))
+    }
+}
+
 // === impl Csr ===
 
 impl Csr {
@@ -399,4 +449,30 @@ pub fn to_pem(der: &[u8]) -> String {
     }
     out.push_str("-----END CERTIFICATE-----\n");
     out
+}
+
+/// One certificate of a bundle as people compare them: subject, SHA-256 of the DER, expiry.
+#[derive(Debug, Clone)]
+pub struct CertSummary {
+    pub subject: String,
+    pub sha256: String,
+    pub not_after_unix_ms: i64,
+}
+
+/// Summaries of every certificate in `pem`; unparseable blocks are skipped.
+pub fn summarize(pem: &str) -> Vec<CertSummary> {
+    let Ok(ders) = pem_certificates("bundle", pem) else {
+        return Vec::new();
+    };
+    ders.iter()
+        .filter_map(|der| {
+            let cert = parse_cert("bundle", der).ok()?;
+            let digest = ring::digest::digest(&ring::digest::SHA256, der);
+            Some(CertSummary {
+                subject: cert.subject().to_string(),
+                sha256: hex::encode(digest.as_ref()),
+                not_after_unix_ms: cert.validity().not_after.timestamp().saturating_mul(1000),
+            })
+        })
+        .collect()
 }

@@ -223,6 +223,8 @@ fn snapshot_stream(
                 version: published.version,
                 nonce: NONCE.fetch_add(1, Ordering::Relaxed).to_string(),
                 documents: published.documents.clone(),
+                trust_bundle_pem: published.trust_bundle_pem.clone(),
+                ca_generation: published.ca_generation,
             };
             Some((Ok(snapshot), (snapshots, false)))
         },

@@ -24,6 +24,8 @@ const MIN_PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
 pub struct Published {
     pub version: u64,
     pub documents: Vec<pb::Document>,
+    pub trust_bundle_pem: bytes::Bytes,
+    pub ca_generation: u64,
     /// The server is shutting down: streams end instead of sending this.
     pub closing: bool,
 }
@@ -33,6 +35,8 @@ pub struct Hub {
     pub registry: Registry,
     pub trust_domain: String,
     pub lease_grace: Duration,
+    /// The mesh's roots and their generation, sent with every snapshot.
+    trust: std::sync::Mutex<(bytes::Bytes, u64)>,
     changed: Notify,
     last_publish: std::sync::Mutex<Option<tokio::time::Instant>>,
     snapshots: watch::Sender<Arc<Published>>,
@@ -48,17 +52,47 @@ impl Hub {
         lease_grace: Duration,
     ) -> Result<Arc<Hub>, StoreError> {
         let registry = Registry::default();
-        let first = build(&store, &registry)?;
+        let first = build(&store, &registry, (bytes::Bytes::new(), 0))?;
         let (snapshots, _) = watch::channel(Arc::new(first));
         Ok(Arc::new(Hub {
             store,
             registry,
             trust_domain,
             lease_grace,
+            trust: std::sync::Mutex::new((bytes::Bytes::new(), 0)),
             changed: Notify::new(),
             last_publish: std::sync::Mutex::new(None),
             snapshots,
         }))
+    }
+
+    /// New roots (a rotation step, or the CA opening): published as a new snapshot version, and
+    /// installed at once in the current snapshot when nothing was published yet, so the first
+    /// proxy to connect already gets them.
+    pub fn set_trust(&self, bundle_pem: &[u8], generation: u64) {
+        let bundle = bytes::Bytes::copy_from_slice(bundle_pem);
+        *self.trust.lock().unwrap_or_else(|p| p.into_inner()) = (bundle.clone(), generation);
+        self.snapshots.send_if_modified(|current| {
+            if !current.trust_bundle_pem.is_empty() || current.closing {
+                return false;
+            }
+            *current = Arc::new(Published {
+                version: current.version,
+                documents: current.documents.clone(),
+                trust_bundle_pem: bundle,
+                ca_generation: generation,
+                closing: false,
+            });
+            true
+        });
+        if let Err(err) = self.store.bump_version() {
+            tracing::error!(%err, "cannot bump the snapshot version for new roots");
+        }
+        self.changed();
+    }
+
+    fn trust(&self) -> (bytes::Bytes, u64) {
+        self.trust.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Tells the publisher that the store or the registry changed.
@@ -76,8 +110,8 @@ impl Hub {
         self.snapshots.send_modify(|current| {
             *current = Arc::new(Published {
                 version: current.version,
-                documents: Vec::new(),
                 closing: true,
+                ..Published::default()
             });
         });
         self.changed.notify_one();
@@ -96,7 +130,9 @@ impl Hub {
                 return;
             }
             let hub = self.clone();
-            let built = tokio::task::spawn_blocking(move || build(&hub.store, &hub.registry)).await;
+            let built =
+                tokio::task::spawn_blocking(move || build(&hub.store, &hub.registry, hub.trust()))
+                    .await;
             match built {
                 Ok(Ok(next)) => {
                     *self.last_publish.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -152,13 +188,19 @@ impl Hub {
 
 /// Reads the version first, then the state: every change bumps the version after it is made,
 /// so the state read here holds at least everything up to that version.
-pub fn build(store: &Store, registry: &Registry) -> Result<Published, StoreError> {
+pub fn build(
+    store: &Store,
+    registry: &Registry,
+    (trust_bundle_pem, ca_generation): (bytes::Bytes, u64),
+) -> Result<Published, StoreError> {
     let version = store.version();
     let objects = store.get(None, None, None)?;
     let views = registry.views();
     Ok(Published {
         version,
         documents: documents(objects, views),
+        trust_bundle_pem,
+        ca_generation,
         closing: false,
     })
 }

@@ -14,6 +14,7 @@ pub mod hub;
 pub mod identity;
 pub mod registry;
 pub mod server;
+pub mod serving;
 pub mod store;
 pub mod token;
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use weir_proto::admin::v1::admin_server::AdminServer;
 use weir_proto::discovery::v1::discovery_server::DiscoveryServer;
 use weir_proto::identity::v1::identity_server::IdentityServer;
@@ -17,10 +16,14 @@ use crate::admin::AdminService;
 use crate::discovery::DiscoveryService;
 use crate::hub::Hub;
 use crate::identity::{Authority, AuthorityError, CaFiles, IdentityService};
+use crate::serving::{DEFAULT_SERVER_NAMES, ServingError, ServingTls};
 use crate::store::{Store, StoreError};
 use crate::token::{AdminToken, TokenError};
 
 pub const STORE_FILE: &str = "store.redb";
+/// The mesh's trust bundle, written at start and whenever it changes, for local proxies and
+/// weirctl (`--trust-bundle DATA_DIR/trust-bundle.pem`).
+pub const TRUST_BUNDLE_FILE: &str = "trust-bundle.pem";
 
 /// Default lifetime of a workload certificate; proxies renew at ~70% of it (design §5).
 pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -42,6 +45,8 @@ pub struct ServerConfig {
     pub ca: Option<CaFiles>,
     /// Lifetime of workload certificates (`--cert-ttl`).
     pub cert_ttl: Duration,
+    /// DNS names and IP addresses in the serving certificate (`--server-name`).
+    pub server_names: Vec<String>,
 }
 
 impl ServerConfig {
@@ -54,6 +59,7 @@ impl ServerConfig {
             lease_grace: Duration::from_secs(10),
             ca: None,
             cert_ttl: DEFAULT_CERT_TTL,
+            server_names: DEFAULT_SERVER_NAMES.iter().map(|n| n.to_string()).collect(),
         }
     }
 }
@@ -71,6 +77,13 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Serving(#[from] ServingError),
+    #[error("cannot write the trust bundle to {path}: {source}")]
+    TrustBundle {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -83,6 +96,8 @@ pub struct Bound {
     token: AdminToken,
     hub: Arc<Hub>,
     authority: Arc<Authority>,
+    tls: Arc<ServingTls>,
+    data_dir: PathBuf,
 }
 
 /// Opens the data directory (store, admin token) and binds the listener.
@@ -102,6 +117,8 @@ pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
         config.ca.as_ref(),
         config.cert_ttl,
     )?);
+    let tls = ServingTls::new(authority.clone(), &config.server_names)?;
+    write_trust_bundle(&config.data_dir, authority.ca().trust_bundle_pem())?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -118,7 +135,18 @@ pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
         token,
         hub,
         authority,
+        tls,
+        data_dir: config.data_dir,
     })
+}
+
+/// Writes the bundle next to the store (atomically, world-readable: roots are public).
+pub fn write_trust_bundle(data_dir: &Path, pem: &str) -> Result<(), ServerError> {
+    let path = data_dir.join(TRUST_BUNDLE_FILE);
+    let tmp = data_dir.join(format!(".{TRUST_BUNDLE_FILE}.tmp"));
+    std::fs::write(&tmp, pem)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| ServerError::TrustBundle { path, source })
 }
 
 /// Binds and serves until `shutdown` completes.
@@ -143,6 +171,11 @@ impl Bound {
         &self.authority
     }
 
+    /// Where the trust bundle that verifies this server was written.
+    pub fn trust_bundle_path(&self) -> PathBuf {
+        self.data_dir.join(TRUST_BUNDLE_FILE)
+    }
+
     /// Serves until `shutdown` completes, then ends every discovery stream (so the graceful
     /// drain is not held open by streams that never end on their own) and waits up to
     /// [`DRAIN_TIMEOUT`] for in-flight calls.
@@ -153,8 +186,12 @@ impl Bound {
             token,
             hub,
             authority,
+            tls,
+            data_dir,
         } = self;
         let publisher = tokio::spawn(hub.clone().publish());
+        let renewer = tokio::spawn(tls.clone().renew());
+        let follower = tokio::spawn(follow_rotation(authority.clone(), tls.clone(), data_dir));
         let token = Arc::new(token);
         let check = move |request: tonic::Request<()>| token.check(&request).map(|()| request);
         let router = tonic::transport::Server::builder()
@@ -182,7 +219,7 @@ impl Bound {
             closing_hub.close();
             let _ = drained_tx.send(());
         };
-        let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        let server = router.serve_with_incoming_shutdown(tls.incoming(listener), signal);
         tokio::pin!(server);
         let deadline = async {
             if drained_rx.await.is_ok() {
@@ -199,9 +236,26 @@ impl Bound {
             }
         };
         publisher.abort();
+        renewer.abort();
+        follower.abort();
         let _ = publisher.await;
         release(hub).await;
         result.map_err(ServerError::from)
+    }
+}
+
+/// After each root rotation step: a serving certificate from the signing root and the new
+/// bundle on disk.
+async fn follow_rotation(authority: Arc<Authority>, tls: Arc<ServingTls>, data_dir: PathBuf) {
+    let mut changes = authority.subscribe();
+    while changes.changed().await.is_ok() {
+        let (generation, bundle) = changes.borrow_and_update().clone();
+        if let Err(err) = write_trust_bundle(&data_dir, &bundle) {
+            tracing::error!(%err, generation, "cannot write the new trust bundle");
+        }
+        if let Err(err) = tls.reissue() {
+            tracing::error!(%err, generation, "cannot reissue the serving certificate");
+        }
     }
 }
 

@@ -25,6 +25,7 @@ spec: { mtls: strict }
 struct Server {
     url: String,
     token_file: PathBuf,
+    bundle: PathBuf,
     dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -44,7 +45,11 @@ impl Server {
                 let bound = weir_control::bind(config)
                     .await
                     .expect("bind control plane");
-                let info = (bound.local_addr(), bound.token().path().to_path_buf());
+                let info = (
+                    bound.local_addr(),
+                    bound.token().path().to_path_buf(),
+                    bound.trust_bundle_path(),
+                );
                 ready_tx.send(info).expect("test is waiting");
                 bound
                     .serve(async {
@@ -54,12 +59,13 @@ impl Server {
                     .expect("serve");
             });
         });
-        let (addr, token_file) = ready_rx
+        let (addr, token_file, bundle) = ready_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("control plane started");
         Server {
-            url: format!("http://{addr}"),
+            url: format!("https://{addr}"),
             token_file,
+            bundle,
             dir,
             shutdown: Some(shutdown),
             thread: Some(thread),
@@ -77,6 +83,8 @@ impl Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weirctl"));
         cmd.args(["--server", &self.url, "--token-file"])
             .arg(&self.token_file)
+            .arg("--trust-bundle")
+            .arg(&self.bundle)
             .args(args)
             .env_remove("WEIR_TOKEN")
             .env_remove("WEIR_SERVER");
@@ -247,6 +255,8 @@ fn errors_and_exit_codes() {
     let out = Run::from(
         Command::new(env!("CARGO_BIN_EXE_weirctl"))
             .args(["--server", &server.url, "--token", "wrong", "get", "sp"])
+            .arg("--trust-bundle")
+            .arg(&server.bundle)
             .output()
             .expect("run weirctl"),
     )
@@ -271,10 +281,15 @@ fn errors_and_exit_codes() {
     // Once the server is gone, the error names the address.
     let url = server.url.clone();
     let token = std::fs::read_to_string(&server.token_file).expect("token");
+    let keep = tempfile::tempdir().expect("tempdir");
+    let bundle = keep.path().join("bundle.pem");
+    std::fs::copy(&server.bundle, &bundle).expect("copy bundle");
     drop(server);
     let out = Run::from(
         Command::new(env!("CARGO_BIN_EXE_weirctl"))
             .args(["--server", &url, "--token", token.trim(), "get", "sp"])
+            .arg("--trust-bundle")
+            .arg(&bundle)
             .output()
             .expect("run weirctl"),
     )
@@ -288,7 +303,7 @@ fn errors_and_exit_codes() {
 }
 
 /// Certify with `token` for `uri` over the server's gRPC port (no admin token), as a proxy does.
-fn certify(url: &str, token: &str, uri: &str) -> Result<String, tonic::Code> {
+fn certify(server: &Server, token: &str, uri: &str) -> Result<String, tonic::Code> {
     use weir_proto::identity::v1::CertifyRequest;
     use weir_proto::identity::v1::identity_client::IdentityClient;
     let key = rcgen::KeyPair::generate().expect("key");
@@ -298,9 +313,14 @@ fn certify(url: &str, token: &str, uri: &str) -> Result<String, tonic::Code> {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let mut client = IdentityClient::connect(url.to_string())
+        let pem = std::fs::read(&server.bundle).expect("bundle");
+        let roots = weir_proto::dial::roots_from_pem(&pem).expect("roots");
+        let config = weir_proto::dial::client_config(roots).expect("config");
+        let endpoint = weir_proto::dial::endpoint(&server.url).expect("endpoint");
+        let channel = weir_proto::dial::connect(endpoint, config)
             .await
             .expect("connect");
+        let mut client = IdentityClient::new(channel);
         client
             .certify(CertifyRequest {
                 token: token.into(),
@@ -330,13 +350,9 @@ fn token_create_list_revoke() {
     let token = out.stdout.trim().to_string();
     assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
     assert!(out.stderr.contains(orders), "{}", out.stderr);
-    assert_eq!(certify(&server.url, &token, orders), Ok(orders.to_string()));
+    assert_eq!(certify(&server, &token, orders), Ok(orders.to_string()));
     assert_eq!(
-        certify(
-            &server.url,
-            &token,
-            "spiffe://weir.local/ns/shop/sa/payments"
-        ),
+        certify(&server, &token, "spiffe://weir.local/ns/shop/sa/payments"),
         Err(tonic::Code::PermissionDenied)
     );
 
@@ -369,7 +385,7 @@ fn token_create_list_revoke() {
     let out = server.ctl(&["token", "revoke", &orders_id]).ok();
     assert!(out.stdout.contains("revoked"), "{}", out.stdout);
     assert_eq!(
-        certify(&server.url, &token, orders),
+        certify(&server, &token, orders),
         Err(tonic::Code::Unauthenticated)
     );
     let out = server.ctl(&["token", "list"]).ok();

@@ -19,3 +19,5 @@ pub mod identity {
         tonic::include_proto!("weir.identity.v1");
     }
 }
+
+pub mod dial;

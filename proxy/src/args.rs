@@ -61,8 +61,9 @@ pub struct RunArgs {
     #[arg(long = "config", env = "WEIR_CONFIG", value_delimiter = ',')]
     pub config: Vec<PathBuf>,
 
-    /// Control plane to take config from (e.g. http://weir-control.weir:8090). Without it the
-    /// proxy runs standalone on its --config files.
+    /// Control plane to take config from (e.g. https://weir-control.weir-system.svc:8090), over
+    /// TLS verified with --trust-bundle. Without it the proxy runs standalone on its --config
+    /// files.
     #[arg(long, env = "WEIR_CONTROL_PLANE")]
     pub control_plane: Option<String>,
 
@@ -96,8 +97,9 @@ pub struct RunArgs {
     #[arg(long, env = "WEIR_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
 
-    /// Roots this mesh trusts (PEM; old and new during a root rotation).
-    #[arg(long, env = "WEIR_TRUST_BUNDLE", requires = "cert")]
+    /// Roots this mesh trusts (PEM; old and new during a root rotation): they verify the
+    /// control plane and, with --cert, peers.
+    #[arg(long, env = "WEIR_TRUST_BUNDLE")]
     pub trust_bundle: Option<PathBuf>,
 
     /// SPIFFE trust domain of this mesh.

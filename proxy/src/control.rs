@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use weir_policy::{Document, Errors};
 use weir_proto::discovery::v1::{
     Ack, Hello, Nack, ProxyMessage, Snapshot, discovery_client::DiscoveryClient, proxy_message,
@@ -16,13 +15,17 @@ use weir_proto::discovery::v1::{
 
 use crate::config::{ConfigStore, Pushed};
 use crate::jitter::Jitter;
+use crate::tls::certify::PushedTrust;
+use crate::tls::dial::ControlDialer;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const CACHE_FILE: &str = "snapshot.json";
 
 pub struct ControlClient {
-    pub url: String,
+    pub dialer: Arc<ControlDialer>,
+    /// Where pushed roots go when this proxy's identity comes from the control plane.
+    pub trust: Option<tokio::sync::watch::Sender<Option<PushedTrust>>>,
     pub hello: Hello,
     pub config: Arc<ConfigStore>,
     pub cache_dir: Option<PathBuf>,
@@ -30,10 +33,8 @@ pub struct ControlClient {
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("invalid control-plane URL: {0}")]
-    Url(#[source] tonic::transport::Error),
-    #[error("cannot connect: {0}")]
-    Connect(#[source] tonic::transport::Error),
+    #[error(transparent)]
+    Dial(#[from] weir_proto::dial::DialError),
     #[error("stream refused: {0}")]
     Refused(#[source] tonic::Status),
     #[error("stream ended: {0}")]
@@ -87,7 +88,7 @@ impl ControlClient {
             match self.session(&mut backoff).await {
                 Ok(()) => tracing::info!("control-plane stream closed; reconnecting"),
                 Err(e) => {
-                    tracing::warn!(url = %self.url, error = %e, "control plane unavailable; serving the last good config")
+                    tracing::warn!(url = %self.dialer.url(), error = %e, "control plane unavailable; serving the last good config")
                 }
             }
             // Full jitter: a fleet of proxies that lost the same control plane does not
@@ -99,15 +100,13 @@ impl ControlClient {
     }
 
     async fn session(&self, backoff: &mut Duration) -> Result<(), SessionError> {
-        let channel = Endpoint::from_shared(self.url.clone())
-            .map_err(SessionError::Url)?
+        let endpoint = self
+            .dialer
+            .endpoint()?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect()
-            .await
-            .map_err(SessionError::Connect)?;
+            .keep_alive_timeout(Duration::from_secs(10));
+        let channel = self.dialer.connect(endpoint).await?;
         let mut client = DiscoveryClient::new(channel);
         let (tx, rx) = mpsc::channel(4);
         let mut hello = self.hello.clone();
@@ -123,7 +122,7 @@ impl ControlClient {
             .map_err(SessionError::Refused)?
             .into_inner();
         *backoff = BACKOFF_MIN;
-        tracing::info!(url = %self.url, "connected to the control plane");
+        tracing::info!(url = %self.dialer.url(), "connected to the control plane");
         loop {
             let snapshot = match snapshots.message().await {
                 Ok(Some(s)) => s,
@@ -143,7 +142,23 @@ impl ControlClient {
             version,
             nonce,
             documents,
+            trust_bundle_pem,
+            ca_generation,
         } = snapshot;
+        if !trust_bundle_pem.is_empty() {
+            self.dialer.learn(&trust_bundle_pem);
+            if let Some(trust) = &self.trust {
+                let pushed = PushedTrust {
+                    bundle_pem: trust_bundle_pem,
+                    generation: ca_generation,
+                };
+                trust.send_if_modified(|current| {
+                    let changed = current.as_ref() != Some(&pushed);
+                    *current = Some(pushed);
+                    changed
+                });
+            }
+        }
         let installed = decode(version, &documents).and_then(|documents| {
             let pushed = Pushed { version, documents };
             let cache = self.cache_dir.is_some().then(|| pushed.clone());

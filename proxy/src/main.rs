@@ -113,15 +113,30 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .reload_files()
             .map_err(|e| anyhow::anyhow!("invalid --config; nothing was started:\n{e}"))?;
     }
-    let control = args
-        .control_plane
-        .clone()
-        .map(|url| control::ControlClient {
-            url,
-            hello: hello(&args, &config),
-            config: config.clone(),
-            cache_dir: args.cache_dir.clone(),
-        });
+    let dialer = match &args.control_plane {
+        Some(url) => {
+            let bundle = args.trust_bundle.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--control-plane needs --trust-bundle: the roots that verify the control \
+                     plane's TLS certificate (DATA_DIR/trust-bundle.pem of weir-control, or the \
+                     mesh's trust-bundle ConfigMap in Kubernetes)"
+                )
+            })?;
+            Some(
+                tls::dial::ControlDialer::new(url, bundle)
+                    .map_err(|e| anyhow::anyhow!("cannot use --control-plane: {e}"))?,
+            )
+        }
+        None => None,
+    };
+    let (trust_tx, trust_rx) = tokio::sync::watch::channel(None);
+    let control = dialer.clone().map(|dialer| control::ControlClient {
+        dialer,
+        trust: args.token_file.is_some().then(|| trust_tx.clone()),
+        hello: hello(&args, &config),
+        config: config.clone(),
+        cache_dir: args.cache_dir.clone(),
+    });
     if let Some(c) = &control {
         c.load_cache();
     }
@@ -154,9 +169,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(files) = cert_files {
         tokio::spawn(files.watch(creds.clone()));
     }
-    if let (Some(token_file), Some(url)) = (&args.token_file, &args.control_plane) {
+    if let (Some(token_file), Some(dialer)) = (&args.token_file, &dialer) {
         let certifier = tls::certify::Certifier {
-            url: url.clone(),
+            dialer: dialer.clone(),
+            trust: trust_rx.clone(),
             token_file: token_file.clone(),
             spiffe_id: config.local().spiffe_id(&args.trust_domain),
             creds: creds.clone(),

@@ -129,10 +129,25 @@ pub struct Metrics {
 impl Metrics {
     /// The handle for traffic to `dst` (a service name, or `passthrough`) in namespace `ns`.
     pub fn traffic(&self, dir: Direction, dst: &str, ns: Option<&str>) -> Arc<TrafficMetrics> {
-        let labels = match ns {
+        self.traffic_labeled(dir, dst, ns, "")
+    }
+
+    /// Like [`Metrics::traffic`] with one more rendered label pair, e.g. `tls="true"`.
+    pub fn traffic_labeled(
+        &self,
+        dir: Direction,
+        dst: &str,
+        ns: Option<&str>,
+        extra: &str,
+    ) -> Arc<TrafficMetrics> {
+        let mut labels = match ns {
             Some(ns) => format!("dst=\"{dst}\",dst_ns=\"{ns}\""),
             None => format!("dst=\"{dst}\""),
         };
+        if !extra.is_empty() {
+            labels.push(',');
+            labels.push_str(extra);
+        }
         let mut map = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
         map.entry((dir, labels)).or_default().clone()
     }

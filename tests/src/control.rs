@@ -62,7 +62,12 @@ impl ControlPlane {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
+    }
+
+    /// The roots that verify this control plane (it writes them at start).
+    pub fn trust_bundle(&self) -> PathBuf {
+        self.data_dir.join("trust-bundle.pem")
     }
 
     pub fn token(&self) -> String {
@@ -81,6 +86,8 @@ impl ControlPlane {
         use std::io::Write as _;
         let mut cmd = Command::new(bins::weirctl_bin());
         cmd.args(["--server", &self.url(), "--token", &self.token()])
+            .arg("--trust-bundle")
+            .arg(self.trust_bundle())
             .args(args);
         cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -133,10 +140,11 @@ async fn spawn(
         .args(args);
     let mut child =
         ChildGuard::spawn("weir-control", &mut cmd, Some(&log), false).expect("spawn weir-control");
-    // Ready = the gRPC port accepts and the admin token exists.
+    // Ready = the gRPC port accepts and the admin token and trust bundle exist.
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
         if data_dir.join("admin.token").is_file()
+            && data_dir.join("trust-bundle.pem").is_file()
             && tokio::net::TcpStream::connect(addr).await.is_ok()
         {
             return child;

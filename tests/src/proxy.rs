@@ -87,6 +87,16 @@ impl ProxyBuilder {
         self
     }
 
+    /// Takes config (and, with `--token-file`, identity) from `cp`, over TLS verified with its
+    /// trust bundle.
+    pub fn control_plane(self, cp: &crate::control::ControlPlane) -> Self {
+        let bundle = cp.trust_bundle();
+        self.arg("--control-plane")
+            .arg(&cp.url())
+            .arg("--trust-bundle")
+            .arg(bundle.to_str().expect("utf-8 path"))
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
         self

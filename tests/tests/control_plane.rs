@@ -40,13 +40,11 @@ impl Mesh {
 
         let v1 = apps::http::start("v1").await;
         let v2 = apps::http::start("v2").await;
-        let url = cp.url();
         let meshed = |name: &str, svc: &str| {
             Proxy::builder(name, dir.path())
                 .service(svc)
                 .namespace("shop")
-                .arg("--control-plane")
-                .arg(&url)
+                .control_plane(&cp)
         };
         let p1 = meshed("payments", "payments")
             .app_addr(v1.addr)
@@ -185,8 +183,7 @@ async fn control_plane_outage_loses_nothing_and_restart_keeps_every_object() {
         let restarted = Proxy::builder("orders-restarted", mesh.dir.path())
             .service("orders")
             .namespace("shop")
-            .arg("--control-plane")
-            .arg(&mesh.cp.url())
+            .control_plane(&mesh.cp)
             .arg("--cache-dir")
             .arg(cache.to_str().expect("utf-8 path"))
             .start()
@@ -268,8 +265,7 @@ async fn a_snapshot_the_proxy_cannot_apply_is_nacked_and_the_last_good_kept() {
                 .service("billing")
                 .namespace("shop")
                 .config(&local)
-                .arg("--control-plane")
-                .arg(&mesh.cp.url())
+                .control_plane(&mesh.cp)
                 .start()
                 .await
         };

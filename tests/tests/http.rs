@@ -38,6 +38,16 @@ async fn http1_get_reaches_app_with_host_and_version() {
         1.0,
         "the request must have gone through the inbound proxy"
     );
+    // Without identities the mesh is permissive and the hop plaintext: labelled so.
+    assert_eq!(
+        pair.inbound
+            .metric(
+                "weir_requests_total",
+                &[("direction", "inbound"), ("tls", "false")]
+            )
+            .await,
+        1.0
+    );
     assert_eq!(
         pair.outbound
             .metric(

@@ -169,6 +169,10 @@ async fn strict_mtls_end_to_end_with_identity_checks_and_authorization() {
 
         // 5. Authorization: a policy change denying orders applies on the open connection.
         assert_eq!(get(caller.outbound()).await.status, 200);
+        let tls_true = callee.metric("weir_requests_total", &[("direction", "inbound"), ("tls", "true")]).await;
+        let tls_false = callee.metric("weir_requests_total", &[("direction", "inbound"), ("tls", "false")]).await;
+        assert!(tls_true > 0.0, "mTLS requests are labelled tls=\"true\"");
+        assert_eq!(tls_false, 0.0, "strict: no plaintext request got through");
         let conns = callee.metric("weir_connections_total", &[("direction", "inbound")]).await;
         std::fs::write(&callee_cfg, policy("spiffe://weir.local/ns/default/sa/payments")).expect("write");
         let v = callee.config_version().await;
@@ -223,8 +227,7 @@ async fn certificates_from_the_control_plane_rotate_under_load_without_a_failed_
         let meshed = |name: &str, token: &str| {
             Proxy::builder(name, dir.path())
                 .service(name)
-                .arg("--control-plane")
-                .arg(&cp.url())
+                .control_plane(&cp)
                 .arg("--token-file")
                 .arg(token)
         };

@@ -52,6 +52,16 @@ enum Command {
         /// Lifetime of workload certificates; proxies renew at ~70% of it.
         #[arg(long, env = "WEIR_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
         cert_ttl: std::time::Duration,
+        /// DNS names and IP addresses the control plane is dialled by: they go into its serving
+        /// certificate (signed by the mesh CA), which proxies and weirctl verify. Repeatable or
+        /// comma-separated.
+        #[arg(
+            long = "server-name",
+            env = "WEIR_SERVER_NAMES",
+            value_delimiter = ',',
+            default_value = "localhost,127.0.0.1,::1,weir-control,weir-control.weir-system,weir-control.weir-system.svc,weir-control.weir-system.svc.cluster.local"
+        )]
+        server_names: Vec<String>,
     },
 }
 
@@ -69,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         ca_key,
         trust_bundle,
         cert_ttl,
+        server_names,
     } = Cli::parse().command;
     anyhow::ensure!(!cert_ttl.is_zero(), "--cert-ttl must be positive");
     tracing_subscriber::fmt()
@@ -90,6 +101,7 @@ fn main() -> anyhow::Result<()> {
             trust_bundle,
         }),
         cert_ttl,
+        server_names,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async {

@@ -1,14 +1,14 @@
 //! Connecting to the control plane's admin API and turning its errors into messages that say
 //! what to do.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use weir_proto::admin::v1::admin_client::AdminClient;
 
@@ -23,11 +23,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const TOKEN_HELP: &str = "pass --token, --token-file or set WEIR_TOKEN / WEIR_TOKEN_FILE; \
     the admin token is in DATA_DIR/admin.token of `weir-control serve --data-dir DATA_DIR`";
 
+pub const BUNDLE_HELP: &str = "pass --trust-bundle or set WEIR_TRUST_BUNDLE; `weir-control serve` \
+    writes it to DATA_DIR/trust-bundle.pem";
+
 /// Where weirctl connects and as whom.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub server: String,
     pub token: Option<String>,
+    pub trust_bundle: Option<PathBuf>,
 }
 
 impl Target {
@@ -36,6 +40,7 @@ impl Target {
         server: &str,
         token: Option<&str>,
         token_file: Option<&Path>,
+        trust_bundle: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let token = match (token, token_file) {
             (Some(token), _) => Some(token.trim().to_string()),
@@ -50,6 +55,7 @@ impl Target {
         Ok(Target {
             server: server.to_string(),
             token,
+            trust_bundle: trust_bundle.map(Path::to_path_buf),
         })
     }
 
@@ -65,30 +71,22 @@ impl Target {
     /// Connects with whatever token there is (possibly none).
     pub async fn connect_anonymous(&self) -> anyhow::Result<Client> {
         let interceptor = BearerToken::new(self.token.as_deref())?;
-        // tonic accepts `cp:8090` as a URI and only fails when connecting, with a message about
-        // a missing scheme; say what is expected instead.
-        if !self.server.starts_with("http://") && !self.server.starts_with("https://") {
-            return Err(anyhow!(
-                "invalid --server URL {:?}: expected http://HOST:PORT, e.g. http://127.0.0.1:8090",
-                self.server
-            ));
-        }
-        let endpoint = Endpoint::from_shared(self.server.clone())
-            .map_err(|err| {
-                anyhow!(
-                    "invalid --server URL {:?}: {err} (expected e.g. http://127.0.0.1:8090)",
-                    self.server
-                )
-            })?
+        let endpoint = weir_proto::dial::endpoint(&self.server)
+            .map_err(|err| anyhow!("--server: {err}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT);
-        let channel = endpoint.connect().await.map_err(|err| {
-            anyhow!(
-                "cannot reach the control plane at {}: {}",
-                self.server,
-                error_chain(&err)
-            )
-        })?;
+        let path = self
+            .trust_bundle
+            .as_deref()
+            .ok_or_else(|| anyhow!("no trust bundle to verify the control plane: {BUNDLE_HELP}"))?;
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read the trust bundle {}", path.display()))?;
+        let roots = weir_proto::dial::roots_from_pem(&pem)
+            .map_err(|err| anyhow!("{}: {err}", path.display()))?;
+        let config = weir_proto::dial::client_config(roots)?;
+        let channel = weir_proto::dial::connect(endpoint, config)
+            .await
+            .map_err(|err| anyhow!("{}", error_chain(&err)))?;
         Ok(AdminClient::with_interceptor(channel, interceptor))
     }
 
@@ -194,8 +192,9 @@ mod tests {
 
     fn target(token: Option<&str>) -> Target {
         Target {
-            server: "http://127.0.0.1:1".into(),
+            server: "https://127.0.0.1:1".into(),
             token: token.map(Into::into),
+            trust_bundle: None,
         }
     }
 
@@ -204,13 +203,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("admin.token");
         std::fs::write(&file, "  secret\n").expect("write");
-        let t = Target::resolve("http://x", None, Some(&file)).expect("resolve");
+        let t = Target::resolve("https://x", None, Some(&file), None).expect("resolve");
         assert_eq!(t.token.as_deref(), Some("secret"));
-        let t = Target::resolve("http://x", Some("flag"), Some(&file)).expect("resolve");
+        let t = Target::resolve("https://x", Some("flag"), Some(&file), None).expect("resolve");
         assert_eq!(t.token.as_deref(), Some("flag"));
-        let t = Target::resolve("http://x", Some("  "), None).expect("resolve");
+        let t = Target::resolve("https://x", Some("  "), None, None).expect("resolve");
         assert_eq!(t.token, None);
-        let err = Target::resolve("http://x", None, Some(&dir.path().join("missing")))
+        let err = Target::resolve("https://x", None, Some(&dir.path().join("missing")), None)
             .expect_err("missing file");
         assert!(err.to_string().contains("token file"));
     }
@@ -240,7 +239,7 @@ mod tests {
         assert!(
             unavailable
                 .to_string()
-                .starts_with("cannot reach the control plane at http://127.0.0.1:1: refused")
+                .starts_with("cannot reach the control plane at https://127.0.0.1:1: refused")
         );
         let anonymous = target(None).explain(&Status::unauthenticated(""));
         assert!(anonymous.to_string().contains("admin.token"));
@@ -259,18 +258,33 @@ mod tests {
         let mut t = target(Some("t"));
         t.server = "cp:8090".into();
         let err = t.connect().await.expect_err("no scheme");
-        assert!(err.to_string().contains("expected http://"), "{err}");
+        assert!(err.to_string().contains("expected https://"), "{err}");
+        t.server = "http://cp:8090".into();
+        let err = t.connect().await.expect_err("plaintext");
+        assert!(
+            err.to_string().contains("serves TLS; use https://"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_trust_bundle_is_explained() {
+        let err = target(Some("t")).connect().await.expect_err("no bundle");
+        assert!(err.to_string().contains("--trust-bundle"), "{err}");
     }
 
     #[tokio::test]
     async fn unreachable_server_is_named() {
-        let err = target(Some("t"))
-            .connect()
-            .await
-            .expect_err("nothing listens on port 1");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bundle = dir.path().join("bundle.pem");
+        let root = crate::ca::generate_root("weir.local").expect("root");
+        std::fs::write(&bundle, root.cert_pem).expect("write bundle");
+        let mut t = target(Some("t"));
+        t.trust_bundle = Some(bundle);
+        let err = t.connect().await.expect_err("nothing listens on port 1");
         assert!(
             err.to_string()
-                .starts_with("cannot reach the control plane at http://127.0.0.1:1"),
+                .starts_with("cannot reach the control plane at https://127.0.0.1:1:"),
             "{err}"
         );
     }

@@ -8,11 +8,13 @@
 //! `mesh` the ones about the running mesh (status, endpoints, version) and `tokens` the
 //! workload tokens (token create, list, revoke).
 
+mod ca;
 mod client;
 mod mesh;
 pub mod output;
 mod policy;
 mod tokens;
+mod trace;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -21,8 +23,10 @@ use std::str::FromStr;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub use ca::CaCommand;
 pub use client::Target;
 pub use tokens::{CreateFormat, TokenCommand};
+pub use trace::{TraceArgs, TraceFormat};
 
 const EXIT_HELP: &str = "\
 Exit status: 0 success, 1 error (validation, server, connection), 2 usage error.
@@ -36,14 +40,18 @@ Exit status: 0 success, 1 error (validation, server, connection), 2 usage error.
     after_help = EXIT_HELP
 )]
 pub struct Cli {
-    /// Control plane admin API.
+    /// Control plane admin API (TLS).
     #[arg(
         long,
         env = "WEIR_SERVER",
-        default_value = "http://127.0.0.1:8090",
+        default_value = "https://127.0.0.1:8090",
         global = true
     )]
     pub server: String,
+    /// Roots that verify the control plane's certificate: DATA_DIR/trust-bundle.pem of
+    /// `weir-control serve`, or the mesh's trust bundle.
+    #[arg(long, env = "WEIR_TRUST_BUNDLE", global = true)]
+    pub trust_bundle: Option<PathBuf>,
     /// Admin token (see DATA_DIR/admin.token of `weir-control serve`).
     #[arg(long, env = "WEIR_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
@@ -161,11 +169,18 @@ pub enum Command {
         )]
         files: Vec<PathBuf>,
     },
+    /// The mesh's roots and their rotation (prepare, activate, finish).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Manage workload tokens: the credential a proxy presents to get its certificate.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Show a trace from Jaeger as a waterfall, or list a service's recent traces.
+    Trace(TraceArgs),
     /// Print the client and server versions.
     Version,
 }
@@ -293,7 +308,14 @@ fn format_error(err: &anyhow::Error) -> String {
 
 async fn dispatch(cli: Cli) -> Outcome {
     // Resolved per command so that offline `validate` never reads a token file.
-    let target = || Target::resolve(&cli.server, cli.token.as_deref(), cli.token_file.as_deref());
+    let target = || {
+        Target::resolve(
+            &cli.server,
+            cli.token.as_deref(),
+            cli.token_file.as_deref(),
+            cli.trust_bundle.as_deref(),
+        )
+    };
     match cli.command {
         Command::Validate { files } => policy::validate(&files),
         Command::Apply { files, dry_run } => policy::apply(&target()?, &files, dry_run).await,
@@ -346,7 +368,9 @@ async fn dispatch(cli: Cli) -> Outcome {
             output,
         } => mesh::endpoints(&target()?, service.as_deref(), namespace.as_deref(), output).await,
         Command::Token { command } => tokens::run(&target()?, command).await,
+        Command::Ca { command } => ca::run(&target()?, command).await,
         Command::Version => mesh::version(&target()?).await,
+        Command::Trace(args) => trace::run(args).await,
     }
 }
 
@@ -402,7 +426,7 @@ mod tests {
     fn parses_commands() {
         let cli = parse(&[
             "--server",
-            "http://cp:8090",
+            "https://cp:8090",
             "--token",
             "t",
             "get",
@@ -413,7 +437,7 @@ mod tests {
             "yaml",
         ])
         .expect("parse");
-        assert_eq!(cli.server, "http://cp:8090");
+        assert_eq!(cli.server, "https://cp:8090");
         assert_eq!(cli.token.as_deref(), Some("t"));
         match cli.command {
             Command::Get {
@@ -469,7 +493,7 @@ mod tests {
         cmd.build();
         let help = cmd.render_long_help().to_string();
         assert!(help.contains("1 differences found"));
-        assert!(help.contains("http://127.0.0.1:8090"));
+        assert!(help.contains("https://127.0.0.1:8090"));
         let get = cmd
             .find_subcommand_mut("get")
             .map(|c| c.render_long_help().to_string())

@@ -4,13 +4,18 @@
 //! lifetime); the Admin API uses it to mint tokens and [`IdentityService`] to certify. Certify
 //! needs no admin token: the workload token is the credential.
 
+pub mod rotation;
 pub mod token;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
 use tonic::{Request, Response, Status};
+use weir_proto::admin::v1 as pb_admin;
 use weir_proto::identity::v1 as pb;
 use weir_proto::identity::v1::identity_server::Identity;
 
@@ -46,7 +51,11 @@ pub enum AuthorityError {
 
 pub struct Authority {
     hub: Arc<Hub>,
-    ca: Ca,
+    ca: ArcSwap<Ca>,
+    /// Rotation state of the generated root; `None` for a CA from files.
+    trust: Option<Mutex<rotation::CaTrust>>,
+    /// (generation, bundle) after every change, for the serving certificate and the bundle file.
+    changes: watch::Sender<(u64, Arc<str>)>,
     key: TokenKey,
     cert_ttl: Duration,
 }
@@ -71,8 +80,8 @@ impl Authority {
         cert_ttl: Duration,
     ) -> Result<Authority, AuthorityError> {
         let store = &hub.store;
-        let ca = match files {
-            Some(f) => Ca::load(&f.cert, &f.key, f.trust_bundle.as_deref())?,
+        let (ca, trust) = match files {
+            Some(f) => (Ca::load(&f.cert, &f.key, f.trust_bundle.as_deref())?, None),
             None => {
                 let trust_domain = hub.trust_domain.clone();
                 let json = store.secret_or_insert_with(CA_SECRET, || {
@@ -82,9 +91,21 @@ impl Authority {
                 })??;
                 let pem: CaPem = serde_json::from_slice(&json)
                     .map_err(|err| AuthorityError::CorruptCa(err.to_string()))?;
-                Ca::from_pem(&pem.cert_pem, &pem.key_pem, None)?
+                let trust: rotation::CaTrust = match store.secret(rotation::CA_TRUST_SECRET)? {
+                    Some(json) => serde_json::from_slice(&json)
+                        .map_err(|err| AuthorityError::CorruptCa(err.to_string()))?,
+                    None => rotation::CaTrust::default(),
+                };
+                let bundle = trust.bundle(&pem.cert_pem);
+                (
+                    Ca::from_pem(&pem.cert_pem, &pem.key_pem, Some(&bundle))?,
+                    Some(trust),
+                )
             }
         };
+        let generation = trust.as_ref().map_or(0, |t| t.generation);
+        let (changes, _) = watch::channel((generation, Arc::from(ca.trust_bundle_pem())));
+        hub.set_trust(ca.trust_bundle_pem().as_bytes(), generation);
         let secret = store.secret_or_insert_with(TOKEN_KEY_SECRET, || {
             let mut bytes = vec![0u8; token::KEY_LEN];
             getrandom::fill(&mut bytes).map(|()| bytes)
@@ -92,14 +113,127 @@ impl Authority {
         let secret = secret.map_err(AuthorityError::Random)?;
         Ok(Authority {
             hub,
-            ca,
+            ca: ArcSwap::from_pointee(ca),
+            trust: trust.map(Mutex::new),
+            changes,
             key: TokenKey::new(&secret),
             cert_ttl,
         })
     }
 
-    pub fn ca(&self) -> &Ca {
-        &self.ca
+    /// The CA signing now (it changes on `activate`).
+    pub fn ca(&self) -> Arc<Ca> {
+        self.ca.load_full()
+    }
+
+    /// Root generation and trust bundle, after every rotation step.
+    pub fn subscribe(&self) -> watch::Receiver<(u64, Arc<str>)> {
+        self.changes.subscribe()
+    }
+
+    /// The CA's roots and rotation phase.
+    pub fn info(&self) -> pb_admin::CaInfo {
+        let ca = self.ca();
+        let trust = self
+            .trust
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        let signing = crate::ca::summarize(ca.trust_bundle_pem())
+            .into_iter()
+            .next()
+            .map(|s| s.sha256);
+        let next = trust
+            .as_ref()
+            .and_then(|t| t.next.as_ref())
+            .and_then(|n| crate::ca::summarize(&n.cert_pem).into_iter().next())
+            .map(|s| s.sha256);
+        let roots = crate::ca::summarize(ca.trust_bundle_pem())
+            .into_iter()
+            .map(|s| {
+                let role = if trust.is_none() {
+                    "trusted"
+                } else if Some(&s.sha256) == signing.as_ref() {
+                    "signing"
+                } else if Some(&s.sha256) == next.as_ref() {
+                    "next"
+                } else {
+                    "previous"
+                };
+                pb_admin::CaRoot {
+                    subject: s.subject,
+                    sha256: s.sha256,
+                    not_after_unix_ms: s.not_after_unix_ms,
+                    role: role.into(),
+                }
+            })
+            .collect();
+        pb_admin::CaInfo {
+            generation: trust.as_ref().map_or(0, |t| t.generation),
+            phase: trust.as_ref().map_or("idle", |t| t.phase()).into(),
+            roots,
+            from_files: trust.is_none(),
+            activated_unix_ms: trust.as_ref().map_or(0, |t| t.activated_unix_ms),
+        }
+    }
+
+    /// Runs one rotation phase (see [`rotation`]): persists it, swaps the signing CA and pushes
+    /// the new bundle and generation to every proxy.
+    pub fn rotate(&self, phase: rotation::Phase, force: bool) -> Result<pb_admin::CaInfo, Status> {
+        let Some(lock) = &self.trust else {
+            return Err(Status::failed_precondition(
+                "this control plane signs with a CA from --ca-cert/--ca-key: rotate it in your \
+                 PKI (new files whose --trust-bundle holds the old and new roots, then restart)",
+            ));
+        };
+        {
+            let mut trust = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let now = rotation::now_ms();
+            rotation::check(&trust, phase, force, now).map_err(Status::failed_precondition)?;
+            let store = &self.hub.store;
+            let active: CaPem = store
+                .secret(CA_SECRET)
+                .map_err(store_status)?
+                .and_then(|json| serde_json::from_slice(&json).ok())
+                .ok_or_else(|| Status::internal("stored CA record is missing or corrupt"))?;
+            let mut next_trust = trust.clone();
+            let mut signer = active.clone();
+            match phase {
+                rotation::Phase::Prepare => {
+                    let root = crate::ca::generate_root(self.trust_domain())
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    next_trust.next = Some(root);
+                }
+                rotation::Phase::Activate => {
+                    signer = next_trust
+                        .next
+                        .take()
+                        .ok_or_else(|| Status::internal("no prepared root"))?;
+                    next_trust.previous_cert_pem = Some(active.cert_pem.clone());
+                    next_trust.generation += 1;
+                    next_trust.activated_unix_ms = now;
+                }
+                rotation::Phase::Finish => next_trust.previous_cert_pem = None,
+            }
+            let bundle = next_trust.bundle(&signer.cert_pem);
+            let ca = Ca::from_pem(&signer.cert_pem, &signer.key_pem, Some(&bundle))
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let signer_json = to_json(&signer)?;
+            let trust_json = to_json(&next_trust)?;
+            store
+                .put_secrets(&[
+                    (CA_SECRET, signer_json.as_slice()),
+                    (rotation::CA_TRUST_SECRET, trust_json.as_slice()),
+                ])
+                .map_err(store_status)?;
+            self.ca.store(Arc::new(ca));
+            *trust = next_trust;
+            let generation = trust.generation;
+            self.hub.set_trust(bundle.as_bytes(), generation);
+            self.changes
+                .send_replace((generation, Arc::from(bundle.as_str())));
+            tracing::info!(?phase, generation, "root rotation step done");
+        }
+        Ok(self.info())
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -173,8 +307,11 @@ impl Authority {
                 csr.uri, claims.id
             )));
         }
+        let generation = self.trust.as_ref().map_or(0, |t| {
+            t.lock().unwrap_or_else(|p| p.into_inner()).generation
+        });
         let issued = self
-            .ca
+            .ca()
             .sign(&csr, &identity, self.cert_ttl)
             .map_err(csr_status)?;
         tracing::info!(identity, token = claims.id, "certified");
@@ -183,6 +320,7 @@ impl Authority {
             trust_bundle_pem: issued.trust_bundle_pem,
             not_after_unix_ms: unix_ms(issued.not_after),
             spiffe_id: identity,
+            ca_generation: generation,
         })
     }
 
@@ -210,6 +348,10 @@ impl Authority {
             Some(_) => Ok(claims),
         }
     }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Status> {
+    serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))
 }
 
 fn csr_status(err: CsrError) -> Status {

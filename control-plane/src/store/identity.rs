@@ -65,6 +65,27 @@ impl Store {
         Ok(Ok(value))
     }
 
+    /// Writes several secrets in one transaction, so readers never see half of a change (e.g.
+    /// a new signing root without the trust state that goes with it).
+    pub fn put_secrets(&self, secrets: &[(&str, &[u8])]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(SECRETS)?;
+            for (name, value) in secrets {
+                table.insert(*name, *value)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The secret `name`, if stored.
+    pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SECRETS)?;
+        Ok(table.get(name)?.map(|v| v.value().to_vec()))
+    }
+
     /// Records a new token; an id that exists already is refused rather than overwritten.
     pub fn insert_token(&self, record: &TokenRecord) -> Result<(), StoreError> {
         let value = encode(record)?;

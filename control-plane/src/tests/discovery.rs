@@ -279,8 +279,7 @@ async fn many_streams_ack_an_apply_quickly() {
     server.apply(POLICY).await.expect("apply");
     let mut channels = Vec::new();
     for _ in 0..streams.div_ceil(500) {
-        let endpoint = tonic::transport::Endpoint::from_shared(server.url.clone()).expect("url");
-        channels.push(endpoint.connect().await.expect("connect"));
+        channels.push(super::channel(&server.url).await);
     }
     let (acked_tx, mut acked_rx) = mpsc::unbounded_channel::<u64>();
     for i in 0..streams {

@@ -38,9 +38,7 @@ impl TestServer {
     }
 
     async fn certify(&self, token: &str, csr_pem: &str) -> Result<CertifyResponse, tonic::Status> {
-        let mut client = IdentityClient::connect(self.url.clone())
-            .await
-            .expect("connect identity");
+        let mut client = IdentityClient::new(super::channel(&self.url).await);
         // Deliberately without the admin token: Certify must not need it.
         client
             .certify(CertifyRequest {

@@ -36,6 +36,26 @@ spec:
   mtls: strict
 ";
 
+/// Each test server's trust bundle by URL, so helpers that only get a URL can dial it.
+static BUNDLES: std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// A TLS channel to a test server, verified with its trust bundle.
+pub async fn channel(url: &str) -> Channel {
+    let pem = BUNDLES
+        .lock()
+        .expect("bundles")
+        .get(url)
+        .cloned()
+        .expect("a TestServer started at this URL");
+    let roots = weir_proto::dial::roots_from_pem(&pem).expect("roots");
+    let config = weir_proto::dial::client_config(roots).expect("client config");
+    let endpoint = weir_proto::dial::endpoint(url).expect("endpoint");
+    weir_proto::dial::connect(endpoint, config)
+        .await
+        .expect("connect over TLS")
+}
+
 pub struct TestServer {
     pub url: String,
     pub token: String,
@@ -63,7 +83,9 @@ impl TestServer {
         };
         configure(&mut config);
         let bound = crate::bind(config).await.expect("bind");
-        let url = format!("http://{}", bound.local_addr());
+        let url = format!("https://{}", bound.local_addr());
+        let bundle = std::fs::read(bound.trust_bundle_path()).expect("trust bundle written");
+        BUNDLES.lock().expect("bundles").insert(url.clone(), bundle);
         let token = bound.token().secret().to_string();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(bound.serve(async move {
@@ -78,9 +100,7 @@ impl TestServer {
     }
 
     pub async fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::connect(self.url.clone())
-            .await
-            .expect("connect admin")
+        AdminClient::new(channel(&self.url).await)
     }
 
     /// `message` with this server's admin token.
@@ -147,9 +167,7 @@ impl TestProxy {
     pub async fn open(url: &str, first: ProxyMessage) -> Result<TestProxy, tonic::Status> {
         let (tx, rx) = mpsc::channel(16);
         tx.send(first).await.expect("queue first message");
-        let mut client = DiscoveryClient::connect(url.to_string())
-            .await
-            .expect("connect discovery");
+        let mut client = DiscoveryClient::new(channel(url).await);
         let snapshots = client.stream(ReceiverStream::new(rx)).await?.into_inner();
         Ok(TestProxy { tx, snapshots })
     }

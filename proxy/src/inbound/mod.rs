@@ -29,7 +29,9 @@ pub struct Inbound {
     config: Arc<ConfigStore>,
     creds: Arc<CredStore>,
     metrics: Arc<Metrics>,
-    traffic: Arc<TrafficMetrics>,
+    /// Requests that came over mTLS, and plaintext ones (only a permissive mesh has those).
+    traffic_tls: Arc<TrafficMetrics>,
+    traffic_plain: Arc<TrafficMetrics>,
     app_addr: SocketAddr,
     app: AppClient,
     app_h2: Arc<H2Slot>,
@@ -49,7 +51,18 @@ impl Inbound {
     ) -> Arc<Self> {
         let local = config.local().clone();
         Arc::new(Inbound {
-            traffic: metrics.traffic(Direction::Inbound, &local.service, Some(&local.namespace)),
+            traffic_tls: metrics.traffic_labeled(
+                Direction::Inbound,
+                &local.service,
+                Some(&local.namespace),
+                "tls=\"true\"",
+            ),
+            traffic_plain: metrics.traffic_labeled(
+                Direction::Inbound,
+                &local.service,
+                Some(&local.namespace),
+                "tls=\"false\"",
+            ),
             config,
             creds,
             metrics,
@@ -90,7 +103,7 @@ impl Inbound {
         match detected {
             Detected::Http1 | Detected::H2 => {
                 let h2 = detected == Detected::H2;
-                self.serve_http(stream, h2, None).await;
+                self.serve_http(stream, h2, None, false).await;
             }
             Detected::Preamble => {
                 conns.protocol(Protocol::Opaque);
@@ -125,8 +138,8 @@ impl Inbound {
         let peer: Option<Arc<str>> = tls::peer_id(session.peer_certificates()).map(Arc::from);
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
         match alpn.as_deref() {
-            Some(ALPN_H2) => self.serve_http(tls, true, peer).await,
-            Some(ALPN_HTTP1) => self.serve_http(tls, false, peer).await,
+            Some(ALPN_H2) => self.serve_http(tls, true, peer, true).await,
+            Some(ALPN_HTTP1) => self.serve_http(tls, false, peer, true).await,
             Some(ALPN_OPAQUE) => {
                 self.metrics.inbound_connections.protocol(Protocol::Opaque);
                 self.opaque_with_preamble(tls).await;
@@ -137,7 +150,7 @@ impl Inbound {
         }
     }
 
-    async fn serve_http<I>(self: &Arc<Self>, io: I, h2: bool, peer: Option<Arc<str>>)
+    async fn serve_http<I>(self: &Arc<Self>, io: I, h2: bool, peer: Option<Arc<str>>, tls: bool)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -145,7 +158,7 @@ impl Inbound {
         let handle = move |req| {
             let this = this.clone();
             let peer = peer.clone();
-            async move { this.proxy(req, peer.as_deref()).await }
+            async move { this.proxy(req, peer.as_deref(), tls).await }
         };
         let conns = &self.metrics.inbound_connections;
         self.servers
@@ -188,8 +201,18 @@ impl Inbound {
         }
     }
 
-    async fn proxy(&self, req: Request<Incoming>, peer: Option<&str>) -> Response<ProxyBody> {
-        self.traffic.request();
+    async fn proxy(
+        &self,
+        req: Request<Incoming>,
+        peer: Option<&str>,
+        tls: bool,
+    ) -> Response<ProxyBody> {
+        let traffic = if tls {
+            &self.traffic_tls
+        } else {
+            &self.traffic_plain
+        };
+        traffic.request();
         let start = Instant::now();
         let rsp = match self.authorize(peer) {
             Ok(()) => {
@@ -199,8 +222,7 @@ impl Inbound {
             }
             Err(e) => e.response(),
         };
-        self.traffic
-            .response(Some(rsp.status().as_u16()), start.elapsed());
+        traffic.response(Some(rsp.status().as_u16()), start.elapsed());
         rsp
     }
 

@@ -6,6 +6,7 @@
 //! SPIFFE id with the one the endpoint table expects right after the handshake, before any
 //! request byte is sent.
 pub mod certify;
+pub mod dial;
 mod verify;
 
 use std::path::PathBuf;

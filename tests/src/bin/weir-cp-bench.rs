@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use weir_proto::admin::v1::admin_client::AdminClient;
 use weir_proto::admin::v1::{ApplyRequest, StatusRequest};
 use weir_proto::discovery::v1::discovery_client::DiscoveryClient;
@@ -27,9 +27,12 @@ use weir_proto::discovery::v1::{Ack, Hello, ProxyMessage, Snapshot, proxy_messag
     about = "Simulated proxies against one weir-control"
 )]
 struct Args {
-    /// Control plane URL, e.g. http://127.0.0.1:8090.
+    /// Control plane URL, e.g. https://127.0.0.1:8090.
     #[arg(long)]
     server: String,
+    /// Roots that verify the control plane (DATA_DIR/trust-bundle.pem).
+    #[arg(long)]
+    trust_bundle: std::path::PathBuf,
     /// File holding the admin token (DATA_DIR/admin.token).
     #[arg(long)]
     token_file: std::path::PathBuf,
@@ -105,10 +108,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("read {}", args.token_file.display()))?
         .trim()
         .to_owned();
-    let endpoint = Endpoint::from_shared(args.server.clone())
+    let endpoint = weir_proto::dial::endpoint(&args.server)
         .context("--server")?
-        .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10));
+    let bundle = std::fs::read(&args.trust_bundle)
+        .with_context(|| format!("read {}", args.trust_bundle.display()))?;
+    let tls = weir_proto::dial::client_config(weir_proto::dial::roots_from_pem(&bundle)?)?;
     let shared = Arc::new(Shared {
         base: Instant::now(),
         target: AtomicU64::new(u64::MAX),
@@ -122,7 +127,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client_cpu_start = proc_cpu_s(std::process::id());
 
     // Admin channel first, on its own connection, so it never queues behind stream opens.
-    let admin_channel = endpoint.connect().await.context("connect admin channel")?;
+    let admin_channel = weir_proto::dial::connect(endpoint.clone(), tls.clone())
+        .await
+        .context("connect admin channel")?;
     let mut admin = AdminClient::new(admin_channel);
     let status0 = admin
         .status(authed(StatusRequest {}, &token)?)
@@ -136,7 +143,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let channels: Vec<Channel> = futures_util::stream::iter(0..conns)
         .map(|_| {
             let endpoint = endpoint.clone();
-            async move { endpoint.connect().await }
+            let tls = tls.clone();
+            async move { weir_proto::dial::connect(endpoint, tls).await }
         })
         .buffered(batch)
         .collect::<Vec<_>>()
