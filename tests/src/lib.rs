@@ -13,6 +13,7 @@ pub mod control;
 pub mod load;
 pub mod metrics;
 pub mod netns;
+pub mod otlp;
 pub mod pair;
 pub mod process;
 pub mod proxy;
