@@ -51,7 +51,7 @@ else
 fi
 conn_concurrency=8
 loads=(c16 r1000 r2000)
-rows=(direct weir weir-mtls nginx nginx-mtls haproxy haproxy-mtls envoy envoy-mtls)
+rows=(direct weir weir-mtls weir-policy nginx nginx-mtls haproxy haproxy-mtls envoy envoy-mtls)
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
@@ -264,6 +264,9 @@ start_weir() { # ROW MTLS
     next_port; in_in=$np; next_port; in_out=$np; next_port; in_admin=$np
     next_port; out_out=$np; next_port; out_in=$np; next_port; out_admin=$np
     weir_mesh "$work/$row.yaml" "$in_in" "$mtls"
+    # The resilience row: the same hops with every caller-side layer switched on (none of
+    # them firing), to price the stack itself.
+    if [[ $row == weir-policy ]]; then weir_policy >>"$work/$row.yaml"; fi
     local -a id_in=() id_out=()
     if ((mtls)); then
         id_in=(--cert "$certs/server.crt" --key "$certs/server.key" --trust-bundle "$certs/ca.crt")
@@ -310,9 +313,10 @@ start_chain() { # ROW KIND MTLS
     conn_port[$row]=$p2
 }
 
-log "starting: upstream nginx :$up, 16 proxies (weir $("$weir" --version 2>/dev/null | awk '{print $2}'))"
+log "starting: upstream nginx :$up, 18 proxies (weir $("$weir" --version 2>/dev/null | awk '{print $2}'))"
 start_weir weir 0
 start_weir weir-mtls 1
+start_weir weir-policy 0
 start_chain nginx nginx 0
 start_chain nginx-mtls nginx 1
 start_chain haproxy haproxy 0

@@ -231,3 +231,27 @@ spec: { addresses: ["127.0.0.1:$port"] }
 EOF
     fi
 }
+
+# weir_policy: a ServicePolicy for echo with every caller-side resilience layer on, sized so
+# that none of them ever fires under the benchmark's load.
+weir_policy() {
+    cat <<EOF
+---
+apiVersion: weir/v1
+kind: ServicePolicy
+metadata: { name: echo, namespace: bench }
+spec:
+  service: echo
+  timeouts: { request: 10s, perTry: 5s }
+  retries:
+    attempts: 2
+    on: [connect-failure, refused-stream, reset, "503"]
+    backoff: { base: 25ms, max: 250ms }
+    budget: { percent: 20, minPerSecond: 10 }
+  circuitBreaker:
+    consecutiveFailures: 5
+    failureRate: { percent: 50, minRequests: 20, window: 10s }
+    ejection: { base: 30s, max: 5m, maxPercent: 50 }
+  bulkhead: { maxConcurrent: 10000, maxPending: 1000, pendingTimeout: 1s }
+EOF
+}

@@ -21,6 +21,7 @@ ROWS = [
     ("direct", "direct: client → upstream"),
     ("weir", "weir ×2 (outbound → inbound), plaintext"),
     ("weir-mtls", "weir ×2, mTLS"),
+    ("weir-policy", "weir ×2, plaintext, full resilience policy"),
     ("nginx", "nginx ×2, plaintext"),
     ("nginx-mtls", "nginx ×2, mTLS hop 1 → 2"),
     ("haproxy", "HAProxy ×2, plaintext"),

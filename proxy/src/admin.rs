@@ -82,7 +82,9 @@ impl Admin {
                 }
             }
             (&Method::GET, "/metrics") => {
-                let mut rsp = text(StatusCode::OK, self.metrics.render());
+                let mut body = self.metrics.render();
+                crate::resilience::report::render(&self.config.load(), &mut body);
+                let mut rsp = text(StatusCode::OK, body);
                 rsp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

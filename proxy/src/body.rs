@@ -13,6 +13,10 @@ pub enum ProxyBody {
     Incoming(Incoming),
     /// A small body the proxy made itself (error text), or nothing.
     Full(Option<Bytes>),
+    /// A request body buffered whole so a retry can send it again, with its trailers.
+    Replay(Option<Bytes>, Option<http::HeaderMap>),
+    /// A body too large to buffer: the part already read, then the rest as it streams.
+    Prefixed(Option<Bytes>, Incoming),
 }
 
 impl ProxyBody {
@@ -39,10 +43,20 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        // Both variants are Unpin, so no pin projection is needed.
+        // Every variant is Unpin, so no pin projection is needed.
         match self.get_mut() {
             ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Replay(data, trailers) => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
+            ProxyBody::Prefixed(head, rest) => match head.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
         }
     }
 
@@ -50,6 +64,8 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Incoming(b) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Replay(d, t) => d.is_none() && t.is_none(),
+            ProxyBody::Prefixed(h, rest) => h.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -58,6 +74,19 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(b) => b.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Replay(d, _) => {
+                SizeHint::with_exact(d.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ProxyBody::Prefixed(h, rest) => {
+                let head = h.as_ref().map_or(0, |b| b.len() as u64);
+                let r = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(r.lower() + head);
+                if let Some(upper) = r.upper() {
+                    hint.set_upper(upper + head);
+                }
+                hint
+            }
         }
     }
 }

@@ -14,6 +14,8 @@ use weir_policy::{Document, MtlsMode};
 
 use crate::client::h2::{H2Slot, PeerTls};
 use crate::metrics::{Direction, Metrics, TrafficMetrics};
+use crate::resilience::balance::Breaker;
+use crate::resilience::policy::{CallPolicy, PolicyCache};
 use crate::routes::Route;
 use crate::tls::CredStore;
 
@@ -40,6 +42,10 @@ impl LocalIdentity {
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub h2: Arc<H2Slot>,
+    /// Peak-EWMA latency and requests in flight, for load balancing.
+    pub lb: weir_resilience::PeakEwma,
+    /// Circuit breaker, when the service's policy has one.
+    pub breaker: arc_swap::ArcSwapOption<crate::resilience::balance::Breaker>,
 }
 
 /// The endpoints of one service: what a route's backend points at.
@@ -81,6 +87,8 @@ pub struct Service {
     pub own: Arc<Backend>,
     pub routes: Vec<Route>,
     pub metrics: Arc<TrafficMetrics>,
+    /// Timeouts, retries, bulkhead, breaker and faults for calls to this service.
+    pub policy: Arc<CallPolicy>,
 }
 
 impl Service {
@@ -102,8 +110,13 @@ pub struct Snapshot {
     /// The control-plane snapshot version merged in, 0 without one.
     pub control_plane_version: u64,
     pub mtls: MtlsMode,
+    /// Head-sampling probability for requests that arrive without a decision (MeshConfig
+    /// `tracing.sampling`).
+    pub sampling: f64,
     /// Who may call this proxy's own service (its ServicePolicy's `authorization`).
     pub inbound_authz: Option<weir_policy::Authorization>,
+    /// How fast this proxy's own service may be called (its ServicePolicy's `rateLimit`).
+    pub inbound_rate_limit: Option<Arc<weir_resilience::RateLimiter>>,
     pub documents: Vec<Document>,
     /// Every accepted spelling of every service's name (`echo`, `echo.ns`, `echo.ns.svc`,
     /// `echo.ns.svc.cluster.local`), so resolving a Host is one hash lookup.
@@ -133,6 +146,11 @@ impl Snapshot {
             return self.by_authority.get(host.to_ascii_lowercase().as_str());
         }
         self.by_authority.get(host)
+    }
+
+    /// Every mesh service, by name.
+    pub fn services(&self) -> &[Arc<Service>] {
+        &self.services
     }
 
     /// The mesh service behind a redirected connection's original destination.
@@ -198,6 +216,8 @@ pub struct ConfigStore {
     /// Endpoints outlive snapshots while any snapshot references them, so a reload that keeps an
     /// address keeps its pooled connection.
     endpoints: Mutex<HashMap<EndpointKey, Weak<Endpoint>>>,
+    /// Bulkheads, retry budgets and ejection gates that outlive a snapshot.
+    policy_cache: PolicyCache,
     /// This proxy's credentials, used by every peer connection it opens.
     creds: Arc<CredStore>,
     next_version: AtomicU64,
@@ -232,7 +252,9 @@ impl ConfigStore {
             version: 0,
             control_plane_version: 0,
             mtls: MtlsMode::Strict,
+            sampling: weir_policy::TracingSpec::default().sampling,
             inbound_authz: None,
+            inbound_rate_limit: None,
             documents: Vec::new(),
             by_authority: HashMap::new(),
             by_addr: HashMap::new(),
@@ -244,6 +266,7 @@ impl ConfigStore {
             local,
             metrics,
             endpoints: Mutex::new(HashMap::new()),
+            policy_cache: PolicyCache::default(),
             creds,
             next_version: AtomicU64::new(1),
             files,
@@ -320,13 +343,17 @@ impl ConfigStore {
 
     fn compile(&self, version: u64, documents: Vec<Document>) -> Snapshot {
         let mut mtls = MtlsMode::Strict;
+        let mut sampling = weir_policy::TracingSpec::default().sampling;
         // Services come into being from Endpoints or ServicePolicy documents; a policy without
         // endpoints still makes the name a mesh service (answered with `no-endpoints`).
         let mut defs: HashMap<(String, String), (Vec<SocketAddr>, Option<String>)> = HashMap::new();
         let mut policies = HashMap::new();
         for doc in &documents {
             match doc {
-                Document::MeshConfig(m) => mtls = m.spec.mtls,
+                Document::MeshConfig(m) => {
+                    mtls = m.spec.mtls;
+                    sampling = m.spec.tracing.sampling;
+                }
                 Document::Endpoints(e) => {
                     let def = defs
                         .entry((e.metadata.name.clone(), e.metadata.namespace.clone()))
@@ -346,9 +373,14 @@ impl ConfigStore {
             }
         }
 
-        let inbound_authz = policies
-            .get(&(self.local.service.clone(), self.local.namespace.clone()))
-            .and_then(|p| p.spec.authorization.clone());
+        let own_policy = policies.get(&(self.local.service.clone(), self.local.namespace.clone()));
+        let inbound_authz = own_policy.and_then(|p| p.spec.authorization.clone());
+        let inbound_rate_limit = own_policy
+            .and_then(|p| p.spec.rate_limit.as_ref())
+            .and_then(|r| {
+                self.policy_cache
+                    .rate_limit(&self.local.service, &self.local.namespace, r)
+            });
         let mut pool = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         pool.retain(|_, w| w.strong_count() > 0);
         let mut backends: HashMap<(String, String), Arc<Backend>> = HashMap::new();
@@ -369,6 +401,8 @@ impl ConfigStore {
                     let ep = Arc::new(Endpoint {
                         addr,
                         h2: H2Slot::peer(addr, tls),
+                        lb: weir_resilience::PeakEwma::default(),
+                        breaker: arc_swap::ArcSwapOption::empty(),
                     });
                     pool.insert(key, Arc::downgrade(&ep));
                     ep
@@ -391,7 +425,7 @@ impl ConfigStore {
         keys.sort();
         for (name, namespace) in keys {
             let own = backends[&(name.clone(), namespace.clone())].clone();
-            let routes = policies
+            let routes: Vec<Route> = policies
                 .get(&(name.clone(), namespace.clone()))
                 .map(|p| {
                     p.spec
@@ -408,6 +442,16 @@ impl ConfigStore {
                         .collect()
                 })
                 .unwrap_or_default();
+            let policy = policies
+                .get(&(name.clone(), namespace.clone()))
+                .map(|p| self.policy_cache.compile(&name, &namespace, &p.spec))
+                .unwrap_or_default();
+            if let Some((spec, config)) = &policy.breaker {
+                let targets = std::iter::once(&own).chain(routes.iter().flat_map(Route::backends));
+                for backend in targets {
+                    self.install_breakers(backend, &namespace, spec, config);
+                }
+            }
             let svc = Arc::new(Service {
                 metrics: self
                     .metrics
@@ -416,6 +460,7 @@ impl ConfigStore {
                 namespace: namespace.clone(),
                 own,
                 routes,
+                policy: Arc::new(policy),
             });
             for ep in &svc.own.endpoints {
                 by_addr.insert(ep.addr, svc.clone());
@@ -437,12 +482,46 @@ impl ConfigStore {
             version,
             control_plane_version: 0,
             mtls,
+            sampling,
             inbound_authz,
+            inbound_rate_limit,
             documents,
             by_authority,
             by_addr,
             by_ip,
             services,
+        }
+    }
+}
+
+impl ConfigStore {
+    /// Gives each endpoint of `backend` a breaker with these settings, keeping one that already
+    /// has them (and its state).
+    fn install_breakers(
+        &self,
+        backend: &Backend,
+        namespace: &str,
+        spec: &weir_policy::CircuitBreaker,
+        config: &Arc<weir_resilience::BreakerConfig>,
+    ) {
+        let gate = self.policy_cache.gate(
+            &backend.name,
+            namespace,
+            config.max_percent,
+            backend.endpoints.len(),
+        );
+        for ep in &backend.endpoints {
+            let current = ep.breaker.load();
+            let same = current
+                .as_ref()
+                .is_some_and(|b| &b.spec == spec && Arc::ptr_eq(&b.gate, &gate));
+            if !same {
+                ep.breaker.store(Some(Arc::new(Breaker {
+                    spec: spec.clone(),
+                    gate: gate.clone(),
+                    inner: weir_resilience::EndpointBreaker::new(config.clone(), gate.clone()),
+                })));
+            }
         }
     }
 }
@@ -457,6 +536,8 @@ struct ServiceView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     identity: Option<&'a str>,
     routes: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    breakers: Vec<crate::resilience::report::BreakerState>,
 }
 
 #[derive(Serialize)]
@@ -496,6 +577,7 @@ impl Snapshot {
                     endpoints: s.own.endpoints.iter().map(|e| e.addr.to_string()).collect(),
                     identity: s.own.identity.as_deref(),
                     routes: s.routes.iter().map(|r| r.name.as_str()).collect(),
+                    breakers: crate::resilience::report::breakers(s, tokio::time::Instant::now()),
                 })
                 .collect(),
             documents: &self.documents,

@@ -23,6 +23,18 @@ pub enum ProxyError {
     IdentityMismatch,
     /// The callee's authorization policy does not allow the caller's identity.
     Unauthorized,
+    /// The next hop refused the stream before processing it (HTTP/2 REFUSED_STREAM).
+    RefusedStream,
+    /// The call ran out of its time budget (request timeout or propagated deadline).
+    Timeout,
+    /// Every endpoint of the destination is ejected by its circuit breaker.
+    CircuitOpen,
+    /// The destination's bulkhead is full (concurrency and pending queue).
+    BulkheadFull,
+    /// The callee's rate limit refused the request.
+    RateLimited,
+    /// Fault injection aborted the call (the status is the policy's).
+    FaultInjected,
 }
 
 impl ProxyError {
@@ -35,14 +47,26 @@ impl ProxyError {
             ProxyError::NoIdentity => "no-identity",
             ProxyError::IdentityMismatch => "identity-mismatch",
             ProxyError::Unauthorized => "unauthorized",
+            ProxyError::RefusedStream => "reset",
+            ProxyError::Timeout => "timeout",
+            ProxyError::CircuitOpen => "circuit-open",
+            ProxyError::BulkheadFull => "bulkhead-full",
+            ProxyError::RateLimited => "rate-limited",
+            ProxyError::FaultInjected => "fault-injected",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
-            ProxyError::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoints | ProxyError::CircuitOpen | ProxyError::BulkheadFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailure
             | ProxyError::Reset
+            | ProxyError::RefusedStream
             | ProxyError::NoIdentity
             | ProxyError::IdentityMismatch => StatusCode::BAD_GATEWAY,
             ProxyError::Unauthorized => StatusCode::FORBIDDEN,
@@ -65,7 +89,40 @@ impl ProxyError {
             ProxyError::NoIdentity => {
                 "weir: mtls is strict but this proxy has no identity; set MeshConfig mtls: permissive or give the proxy an identity\n"
             }
+            ProxyError::RefusedStream => "weir: the destination refused the stream\n",
+            ProxyError::Timeout => {
+                "weir: the call ran out of time (timeouts.request or the caller's deadline)\n"
+            }
+            ProxyError::CircuitOpen => {
+                "weir: every endpoint of the destination is ejected by its circuit breaker\n"
+            }
+            ProxyError::BulkheadFull => {
+                "weir: too many calls to the destination are in flight (bulkhead full)\n"
+            }
+            ProxyError::RateLimited => {
+                "weir: rate limit exceeded; retry after the Retry-After delay\n"
+            }
+            ProxyError::FaultInjected => "weir: fault injected by policy\n",
         }
+    }
+
+    /// An injected abort: the policy's status with `x-weir-error: fault-injected`.
+    pub fn fault_response(status: u16) -> Response<ProxyBody> {
+        let mut rsp = ProxyError::FaultInjected.response();
+        if let Ok(s) = StatusCode::from_u16(status) {
+            *rsp.status_mut() = s;
+        }
+        rsp
+    }
+
+    /// `429` with `Retry-After` in whole seconds.
+    pub fn rate_limited_response(retry_after_secs: u64) -> Response<ProxyBody> {
+        let mut rsp = ProxyError::RateLimited.response();
+        rsp.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(retry_after_secs),
+        );
+        rsp
     }
 
     pub fn response(self) -> Response<ProxyBody> {

@@ -14,6 +14,7 @@ mod jitter;
 mod metrics;
 mod orig_dst;
 mod outbound;
+mod resilience;
 mod routes;
 mod server;
 mod tcp;

@@ -106,6 +106,11 @@ impl Route {
             .all(|(k, v)| req.headers().get(k) == Some(v))
     }
 
+    /// Every backend this route may send to.
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.backends.iter().map(|(_, b)| b)
+    }
+
     pub fn pick(&self) -> Option<&Arc<Backend>> {
         if self.total == 0 {
             return None;

@@ -1,20 +1,29 @@
 //! Forwarding a request to a mesh service: pick an endpoint, carry the request to its proxy.
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri, Version, header};
+use http::{HeaderName, HeaderValue, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 use weir_policy::MtlsMode;
+use weir_resilience::PeakEwma;
+use weir_resilience::deadline::WEIR_TIMEOUT_MS;
 
 use super::{Outbound, PeerProtocol};
 use crate::body::ProxyBody;
 use crate::client::h2::H2Error;
 use crate::client::peer::{self, PeerError, PeerIo};
-use crate::config::{Service, Snapshot};
+use crate::config::{Backend, Endpoint, Service, Snapshot};
 use crate::errors::ProxyError;
 use crate::headers::{self, HTTP11, X_WEIR_ORIG_PROTO};
+use crate::resilience::amplification::{self, RETRIES_EXHAUSTED};
+use crate::resilience::balance::{self, Pick};
+use crate::resilience::deadline::Deadline;
+use crate::resilience::retry::{self, Outcome, Replay};
 use crate::tls::ALPN_HTTP1;
+
+/// The try number (1 for the first) on every try of a call with a retry policy.
+const X_WEIR_ATTEMPT: HeaderName = HeaderName::from_static("x-weir-attempt");
 
 impl Outbound {
     /// With credentials every peer connection is mTLS; without, plaintext is allowed only in a
@@ -53,41 +62,168 @@ impl Outbound {
         rsp
     }
 
+    /// The layers of `resilience` (their order is documented there), then the call.
     async fn mesh_call(
         &self,
         snapshot: &Snapshot,
         svc: &Service,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let backend = svc.backend_for(&req);
-        let ep = backend.pick().ok_or(ProxyError::NoEndpoints)?;
-        let has_identity = self.creds.is_present();
-        if !may_reach_mesh(has_identity, snapshot) {
+        if !may_reach_mesh(self.creds.is_present(), snapshot) {
             return Err(ProxyError::NoIdentity);
         }
+        let backend = svc.backend_for(&req);
         if headers::is_upgrade(&req) {
+            let ep = match balance::pick(&backend.endpoints, Instant::now(), self.rng.next()) {
+                Pick::Endpoint(ep) => ep,
+                Pick::NoEndpoints => return Err(ProxyError::NoEndpoints),
+                Pick::CircuitOpen => return Err(ProxyError::CircuitOpen),
+            };
             let io = self
                 .connect_peer(ep.addr, backend.identity.as_deref(), ALPN_HTTP1)
                 .await?;
             return crate::upgrade::forward_on(io, req, &self.drain).await;
         }
-        let from_http1 = req.version() < Version::HTTP_2;
-        // The HTTP/1 comparison mode is plaintext only; with credentials everything rides h2.
-        if from_http1 && self.peer_protocol == PeerProtocol::Http1 && !has_identity {
-            // Pooled HTTP/1.1 to the peer: the URI names the peer's address, Host keeps the
-            // service name.
-            headers::strip_hop_by_hop(req.headers_mut());
-            set_authority(&mut req, Authority::try_from(ep.addr.to_string()).ok())?;
-            let mut rsp = self
-                .direct
-                .request(req.map(ProxyBody::Incoming))
-                .await
-                .map_err(client_error)?;
-            headers::strip_hop_by_hop(rsp.headers_mut());
-            return Ok(rsp.map(ProxyBody::Incoming));
+        let policy = &*svc.policy;
+        if policy.is_plain() && !req.headers().contains_key(WEIR_TIMEOUT_MS) {
+            // No policy: one try, no copies, nothing to wait for.
+            let req = self.prepare(req)?;
+            return self
+                .try_once(backend, req.map(ProxyBody::Incoming), None)
+                .await;
         }
+        let deadline = Deadline::new(Instant::now(), policy.request_timeout, req.headers());
+        let call = async {
+            if let Some(fault) = &policy.fault {
+                let injected =
+                    fault.decide(self.rng.fraction() * 100.0, self.rng.fraction() * 100.0);
+                if let Some(delay) = injected.delay {
+                    tokio::time::sleep(delay).await;
+                }
+                if let Some(status) = injected.abort {
+                    return Ok(ProxyError::fault_response(status));
+                }
+            }
+            let _permit = match &policy.bulkhead {
+                Some(b) => Some(b.acquire().await.map_err(|_| ProxyError::BulkheadFull)?),
+                None => None,
+            };
+            self.tries(svc, backend, req, &deadline).await
+        };
+        match deadline.at {
+            Some(at) => tokio::time::timeout_at(at, call)
+                .await
+                .unwrap_or(Err(ProxyError::Timeout)),
+            None => call.await,
+        }
+    }
 
-        if from_http1 {
+    /// The retry layer: tries until an answer is final (see `resilience::retry`).
+    async fn tries(
+        &self,
+        svc: &Service,
+        backend: &Backend,
+        req: Request<Incoming>,
+        deadline: &Deadline,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let policy = &*svc.policy;
+        let mut req = self.prepare(req)?;
+        let Some(retry) = policy.retry.as_ref().filter(|r| r.allows(req.method())) else {
+            deadline.propagate(req.headers_mut(), Instant::now());
+            let limit = deadline.try_limit(policy.per_try_timeout, Instant::now());
+            return self
+                .try_once(backend, req.map(ProxyBody::Incoming), limit)
+                .await;
+        };
+        if let Some(budget) = &retry.budget {
+            budget.deposit();
+        }
+        let (parts, body) = req.into_parts();
+        let mut body = Some(Replay::read(body).await?);
+        let replayable = body.as_ref().is_some_and(Replay::replayable);
+        let mut attempt: u32 = 1;
+        loop {
+            let now = Instant::now();
+            let try_body = match body.as_ref() {
+                Some(Replay::Whole(data, trailers)) => {
+                    ProxyBody::Replay((!data.is_empty()).then(|| data.clone()), trailers.clone())
+                }
+                _ => match body.take() {
+                    Some(Replay::Once(b)) => b,
+                    _ => ProxyBody::empty(),
+                },
+            };
+            let mut attempt_req = copy_head(&parts, try_body);
+            let h = attempt_req.headers_mut();
+            h.insert(X_WEIR_ATTEMPT, HeaderValue::from(attempt));
+            deadline.propagate(h, now);
+            let limit = deadline.try_limit(policy.per_try_timeout, now);
+            let result = self.try_once(backend, attempt_req, limit).await;
+            let outcome = match &result {
+                Ok(rsp) => Outcome::Status(rsp.status()),
+                Err(e) => Outcome::Error(*e),
+            };
+            let failed = match &outcome {
+                Outcome::Status(s) => s.is_server_error(),
+                Outcome::Error(_) => true,
+            };
+            // The callee already retried its own dependencies to exhaustion for this request:
+            // another try would multiply the load on them.
+            let downstream_gave_up = result
+                .as_ref()
+                .is_ok_and(|r| r.headers().contains_key(RETRIES_EXHAUSTED));
+            let again = replayable
+                && attempt <= retry.attempts
+                && !downstream_gave_up
+                && retry.on.matches(&outcome);
+            let wait = retry::backoff(retry, attempt, self.rng.fraction());
+            let room = deadline.remaining(now).is_none_or(|left| left > wait);
+            let budget_ok = again && room && retry.budget.as_ref().is_none_or(|b| b.withdraw());
+            if !budget_ok {
+                if failed && let Some(id) = trace_id(&parts.headers) {
+                    amplification::table().mark(&id, Instant::now());
+                }
+                return result;
+            }
+            drop(result);
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// One try: an endpoint from the balancer, its breaker told the outcome, within `limit`.
+    async fn try_once(
+        &self,
+        backend: &Backend,
+        req: Request<ProxyBody>,
+        limit: Option<std::time::Duration>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let now = Instant::now();
+        let ep = match balance::pick(&backend.endpoints, now, self.rng.next()) {
+            Pick::Endpoint(ep) => ep,
+            Pick::NoEndpoints => return Err(ProxyError::NoEndpoints),
+            Pick::CircuitOpen => return Err(ProxyError::CircuitOpen),
+        };
+        let in_flight = PeakEwma::start(&ep.lb, now);
+        let send = self.send(ep, backend, req);
+        let result = match limit {
+            Some(limit) => tokio::time::timeout(limit, send)
+                .await
+                .unwrap_or(Err(ProxyError::Timeout)),
+            None => send.await,
+        };
+        let end = Instant::now();
+        in_flight.complete(end);
+        let success = matches!(&result, Ok(rsp) if !rsp.status().is_server_error());
+        balance::record(ep, success, end);
+        result
+    }
+
+    /// Readies a request for the peer once, whatever the number of tries: hop-by-hop headers
+    /// out, and an HTTP/1 request turned into HTTP/2 (restored at the far side) unless the
+    /// plaintext HTTP/1 comparison mode is on.
+    fn prepare(&self, mut req: Request<Incoming>) -> Result<Request<Incoming>, ProxyError> {
+        if req.version() < Version::HTTP_2 && !self.http1_to_peers() {
             let host = req
                 .headers_mut()
                 .remove(header::HOST)
@@ -99,23 +235,68 @@ impl Outbound {
             *req.version_mut() = Version::HTTP_2;
         }
         headers::strip_hop_by_hop(req.headers_mut());
+        Ok(req)
+    }
+
+    /// The HTTP/1 comparison mode is plaintext only; with credentials everything rides h2.
+    fn http1_to_peers(&self) -> bool {
+        self.peer_protocol == PeerProtocol::Http1 && !self.creds.is_present()
+    }
+
+    /// Carries one prepared request to one endpoint's proxy.
+    async fn send(
+        &self,
+        ep: &Endpoint,
+        backend: &Backend,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if req.version() < Version::HTTP_2 {
+            // Pooled HTTP/1.1 to the peer: the URI names the peer's address, Host keeps the
+            // service name.
+            set_authority(&mut req, Authority::try_from(ep.addr.to_string()).ok())?;
+            let mut rsp = self.direct.request(req).await.map_err(client_error)?;
+            headers::strip_hop_by_hop(rsp.headers_mut());
+            return Ok(rsp.map(ProxyBody::Incoming));
+        }
         let mut send = ep.h2.ready_sender().await.map_err(|e| {
-            tracing::debug!(service = %svc.name, backend = %backend.name, error = %e, "peer connection failed");
+            tracing::debug!(backend = %backend.name, error = %e, "peer connection failed");
             match e {
                 H2Error::Peer(p) => peer_error(p),
                 _ => ProxyError::ConnectFailure,
             }
         })?;
-        let mut rsp = send
-            .send_request(req.map(ProxyBody::Incoming))
-            .await
-            .map_err(|e| {
-                tracing::debug!(service = %svc.name, error = %e, "peer stream failed");
-                ProxyError::Reset
-            })?;
+        let mut rsp = send.send_request(req).await.map_err(|e| {
+            tracing::debug!(backend = %backend.name, error = %e, "peer stream failed");
+            if e.is_canceled() {
+                return ProxyError::Reset;
+            }
+            match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<h2::Error>()) {
+                Some(h2e) if h2e.reason() == Some(h2::Reason::REFUSED_STREAM) => {
+                    ProxyError::RefusedStream
+                }
+                _ => ProxyError::Reset,
+            }
+        })?;
         headers::strip_hop_by_hop(rsp.headers_mut());
         Ok(rsp.map(ProxyBody::Incoming))
     }
+}
+
+/// A try's request: the call's method, URI, version and headers, with `body`.
+fn copy_head(parts: &http::request::Parts, body: ProxyBody) -> Request<ProxyBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}
+
+/// The trace id the app's request carries, linking it to the request the app is serving.
+fn trace_id(headers: &http::HeaderMap) -> Option<[u8; 16]> {
+    weir_trace::extract(headers)
+        .and_then(|e| e.parent)
+        .map(|(trace, _)| trace.0)
 }
 
 /// Rewrites the request URI to absolute form with the given authority.

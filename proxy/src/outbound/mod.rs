@@ -43,6 +43,10 @@ pub struct Outbound {
     detect: DetectSettings,
     servers: Servers,
     drain: Drain,
+    /// Randomness for endpoint choice, backoff jitter and fault rolls.
+    rng: crate::resilience::rand::SharedRng,
+    /// CLIENT spans of mesh calls (`crate::trace` says where each of its calls goes).
+    tracing: Arc<crate::trace::Tracing>,
 }
 
 impl Outbound {
@@ -53,6 +57,7 @@ impl Outbound {
         peer_protocol: PeerProtocol,
         detect: DetectSettings,
         drain: Drain,
+        tracing: Arc<crate::trace::Tracing>,
     ) -> Arc<Self> {
         Arc::new(Outbound {
             passthrough: metrics.traffic(Direction::Outbound, "passthrough", None),
@@ -65,6 +70,8 @@ impl Outbound {
             detect,
             servers: Servers::new(),
             drain,
+            rng: crate::resilience::rand::SharedRng::seeded(),
+            tracing,
         })
     }
 

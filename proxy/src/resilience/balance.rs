@@ -1,0 +1,66 @@
+//! Picking an endpoint for one try: power of two choices over peak-EWMA cost, among the
+//! endpoints the circuit breaker admits.
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use weir_resilience::{Admit, EjectionGate, EndpointBreaker, State};
+
+use crate::config::Endpoint;
+
+/// An endpoint's circuit breaker and the settings it was made with (kept across snapshots
+/// while they do not change, so an ejection survives a config push).
+pub struct Breaker {
+    pub spec: weir_policy::CircuitBreaker,
+    pub gate: Arc<EjectionGate>,
+    pub inner: EndpointBreaker,
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker").finish_non_exhaustive()
+    }
+}
+
+pub enum Pick<'a> {
+    /// Send the try here; `probe` when it is the half-open probe of an ejected endpoint.
+    Endpoint(&'a Arc<Endpoint>),
+    NoEndpoints,
+    CircuitOpen,
+}
+
+pub fn pick(endpoints: &[Arc<Endpoint>], now: Instant, rand: u64) -> Pick<'_> {
+    if endpoints.is_empty() {
+        return Pick::NoEndpoints;
+    }
+    let eligible = |ep: &Arc<Endpoint>| {
+        ep.breaker
+            .load()
+            .as_ref()
+            .is_none_or(|b| !matches!(b.inner.state(now), State::Open { .. }))
+    };
+    let chosen = weir_resilience::p2c(endpoints, |ep| ep.lb.cost(now), eligible, rand);
+    if let Some(ep) = chosen
+        && admit(ep, now)
+    {
+        return Pick::Endpoint(ep);
+    }
+    // Lost a race for a probe, or nothing looked eligible: any endpoint that admits now.
+    endpoints
+        .iter()
+        .find(|ep| admit(ep, now))
+        .map_or(Pick::CircuitOpen, Pick::Endpoint)
+}
+
+fn admit(ep: &Endpoint, now: Instant) -> bool {
+    match ep.breaker.load().as_ref() {
+        None => true,
+        Some(b) => !matches!(b.inner.try_acquire(now), Admit::No),
+    }
+}
+
+/// Tells the endpoint's breaker how the try went.
+pub fn record(ep: &Endpoint, success: bool, now: Instant) {
+    if let Some(b) = ep.breaker.load().as_ref() {
+        b.inner.record(success, now);
+    }
+}
