@@ -132,6 +132,17 @@ pub struct RunArgs {
         default_value = "25,587,3306,4444,5432,6379,9300,11211"
     )]
     pub opaque_ports: Vec<u16>,
+
+    /// This pod's name, exported as the `k8s.pod.name` of its spans (Kubernetes: from the
+    /// downward API). Falls back to `POD_NAME`. Spans go to `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    #[arg(long, env = "WEIR_POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// Finished spans waiting for export; beyond this they are dropped and counted
+    /// (`weir_trace_spans_dropped_total`), so a slow collector costs bounded memory.
+    #[arg(long, env = "WEIR_TRACE_QUEUE_SIZE", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub trace_queue_size: u32,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -19,6 +19,7 @@ mod routes;
 mod server;
 mod tcp;
 mod tls;
+mod trace;
 mod upgrade;
 
 use std::process::ExitCode;
@@ -181,6 +182,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         tokio::spawn(certifier.run());
     }
+    let spans = Arc::new(start_tracing(&args, config.local(), &metrics)?);
     let outbound = outbound::Outbound::new(
         config.clone(),
         creds.clone(),
@@ -188,6 +190,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.peer_protocol,
         detect.clone(),
         drain.clone(),
+        spans.clone(),
     );
     let inbound = inbound::Inbound::new(
         config.clone(),
@@ -196,6 +199,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.app_addr,
         detect,
         drain.clone(),
+        spans.clone(),
     );
     let outbound_task = tokio::spawn(outbound.serve(outbound_listener));
     let inbound_task = tokio::spawn(inbound.serve(inbound_listener));
@@ -228,12 +232,63 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let finished = drain.drain(args.drain_timeout).await;
     // The accept loops have returned by now; their listeners are closed.
     let _ = tokio::join!(outbound_task, inbound_task);
+    // The last requests' spans; bounded, since a black-holed collector never answers.
+    if tokio::time::timeout(SPAN_FLUSH_TIMEOUT, spans.tracer().flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?SPAN_FLUSH_TIMEOUT, "spans not flushed at exit: the collector did not answer");
+    }
     if finished {
         tracing::info!("drained; exiting");
     } else {
         tracing::warn!("drain timeout reached with connections still open; exiting");
     }
     Ok(())
+}
+
+/// How long an exiting proxy waits for its last spans to reach the collector.
+const SPAN_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Spans go to `OTEL_EXPORTER_OTLP_ENDPOINT` (design §3) when it is set; without it nothing
+/// is recorded and trace headers pass through untouched. A malformed endpoint stops the
+/// start, like any other bad configuration.
+fn start_tracing(
+    args: &RunArgs,
+    local: &LocalIdentity,
+    metrics: &Metrics,
+) -> anyhow::Result<trace::Tracing> {
+    let endpoint = std::env::var(weir_trace::ENDPOINT_ENV)
+        .ok()
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty());
+    let tracer = match endpoint {
+        None => weir_trace::Tracer::disabled(),
+        Some(endpoint) => {
+            let pod_name = args
+                .pod_name
+                .clone()
+                .or_else(|| std::env::var("POD_NAME").ok())
+                .filter(|p| !p.is_empty());
+            let resource = weir_trace::Resource {
+                service_name: local.service.clone(),
+                namespace: Some(local.namespace.clone()),
+                pod_name,
+            };
+            let queue = args.trace_queue_size as usize;
+            let config = weir_trace::ExportConfig {
+                queue_capacity: queue,
+                max_batch: queue.min(512),
+                ..weir_trace::ExportConfig::default()
+            };
+            let tracer = weir_trace::Tracer::start(&endpoint, resource, config)
+                .with_context(|| format!("cannot export spans ({})", weir_trace::ENDPOINT_ENV))?;
+            tracing::info!(%endpoint, queue, "exporting spans over OTLP/gRPC");
+            tracer
+        }
+    };
+    let _ = metrics.tracer.set(tracer.clone());
+    Ok(trace::Tracing::new(tracer, &local.service))
 }
 
 fn hello(args: &RunArgs, config: &ConfigStore) -> weir_proto::discovery::v1::Hello {

@@ -124,6 +124,8 @@ pub struct Metrics {
     pub inbound_refused: AtomicU64,
     /// Certificates obtained from the control plane (first one and renewals).
     pub identity_renewals: AtomicU64,
+    /// The span exporter, whose own counters are rendered; unset until it starts.
+    pub tracer: std::sync::OnceLock<weir_trace::Tracer>,
 }
 
 impl Metrics {
@@ -284,7 +286,46 @@ impl Metrics {
             "weir_config_reloads_total{{result=\"error\"}} {}",
             self.reloads_error.load(Relaxed)
         );
+        self.render_trace(&mut out);
         out
+    }
+
+    /// Rendered (as zeros) without a collector too, so dashboards and alerts need no
+    /// special case.
+    fn render_trace(&self, out: &mut String) {
+        let tracer = self.tracer.get();
+        let get = |f: fn(&weir_trace::Tracer) -> u64| tracer.map_or(0, f);
+        let series: [(&str, &str, &str, u64); 4] = [
+            (
+                "weir_trace_spans_exported_total",
+                "counter",
+                "Spans the OTLP collector accepted.",
+                get(weir_trace::Tracer::exported),
+            ),
+            (
+                "weir_trace_spans_dropped_total",
+                "counter",
+                "Spans dropped because the export queue was full (collector slow, dead or unreachable).",
+                get(weir_trace::Tracer::dropped),
+            ),
+            (
+                "weir_trace_export_failures_total",
+                "counter",
+                "Spans lost in exports that failed, timed out or were rejected by the collector.",
+                get(weir_trace::Tracer::export_failed),
+            ),
+            (
+                "weir_trace_spans_queued",
+                "gauge",
+                "Spans waiting for export (at most --trace-queue-size).",
+                get(|t| t.queued() as u64),
+            ),
+        ];
+        for (name, kind, help, value) in series {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        }
     }
 }
 
@@ -310,6 +351,17 @@ mod tests {
         assert!(text.contains("le=\"0.0005\"} 1"));
         assert!(text.contains("le=\"0.025\"} 2"));
         assert!(text.contains("le=\"+Inf\"} 3"));
+    }
+
+    #[test]
+    fn trace_counters_render_without_a_tracer() {
+        let m = Metrics::default();
+        let text = m.render();
+        assert!(text.contains("weir_trace_spans_dropped_total 0\n"));
+        m.tracer
+            .set(weir_trace::Tracer::disabled())
+            .expect("first set");
+        assert!(m.render().contains("weir_trace_export_failures_total 0\n"));
     }
 
     #[test]

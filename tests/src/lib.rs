@@ -18,6 +18,7 @@ pub mod pair;
 pub mod process;
 pub mod proxy;
 pub mod raw_http;
+pub mod resilience;
 pub mod util;
 
 pub use pair::Pair;

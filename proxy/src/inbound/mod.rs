@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
@@ -22,8 +22,10 @@ use crate::drain::Drain;
 use crate::errors::ProxyError;
 use crate::headers::{self, X_WEIR_ORIG_PROTO};
 use crate::metrics::{Direction, Metrics, Protocol, TrafficMetrics};
+use crate::resilience::amplification;
 use crate::server::{DetectSettings, Servers};
 use crate::tls::{self, ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE, CredStore};
+use crate::trace::Tracing;
 
 pub struct Inbound {
     config: Arc<ConfigStore>,
@@ -38,6 +40,8 @@ pub struct Inbound {
     detect: DetectSettings,
     servers: Servers,
     drain: Drain,
+    /// SERVER spans, one per request (refused ones too).
+    tracing: Arc<Tracing>,
 }
 
 impl Inbound {
@@ -48,6 +52,7 @@ impl Inbound {
         app_addr: SocketAddr,
         detect: DetectSettings,
         drain: Drain,
+        tracing: Arc<Tracing>,
     ) -> Arc<Self> {
         let local = config.local().clone();
         Arc::new(Inbound {
@@ -72,6 +77,7 @@ impl Inbound {
             detect,
             servers: Servers::new(),
             drain,
+            tracing,
         })
     }
 
@@ -86,13 +92,14 @@ impl Inbound {
     async fn connection(self: Arc<Self>, stream: TcpStream) {
         let _open = self.metrics.inbound_connections.open();
         let orig_dst = crate::orig_dst::original_dst(&stream);
+        let remote = stream.peer_addr().ok();
         let Some(detected) =
             crate::server::detect(&stream, &self.detect, orig_dst, "inbound").await
         else {
             return;
         };
         if detected == Detected::Tls {
-            return self.tls_connection(stream).await;
+            return self.tls_connection(stream, remote).await;
         }
         if self.config.peek(|s| s.mtls == MtlsMode::Strict) {
             self.metrics.inbound_refused.fetch_add(1, Relaxed);
@@ -103,7 +110,7 @@ impl Inbound {
         match detected {
             Detected::Http1 | Detected::H2 => {
                 let h2 = detected == Detected::H2;
-                self.serve_http(stream, h2, None, false).await;
+                self.serve_http(stream, h2, None, false, remote).await;
             }
             Detected::Preamble => {
                 conns.protocol(Protocol::Opaque);
@@ -119,7 +126,7 @@ impl Inbound {
 
     /// mTLS from a peer proxy: the handshake proves the caller's identity (a client
     /// certificate from the mesh's roots is required) and ALPN says what the stream carries.
-    async fn tls_connection(self: Arc<Self>, stream: TcpStream) {
+    async fn tls_connection(self: Arc<Self>, stream: TcpStream, remote: Option<SocketAddr>) {
         let Some(creds) = self.creds.load() else {
             self.metrics.inbound_refused.fetch_add(1, Relaxed);
             tracing::debug!("inbound TLS refused: this proxy has no identity");
@@ -138,8 +145,8 @@ impl Inbound {
         let peer: Option<Arc<str>> = tls::peer_id(session.peer_certificates()).map(Arc::from);
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
         match alpn.as_deref() {
-            Some(ALPN_H2) => self.serve_http(tls, true, peer, true).await,
-            Some(ALPN_HTTP1) => self.serve_http(tls, false, peer, true).await,
+            Some(ALPN_H2) => self.serve_http(tls, true, peer, true, remote).await,
+            Some(ALPN_HTTP1) => self.serve_http(tls, false, peer, true, remote).await,
             Some(ALPN_OPAQUE) => {
                 self.metrics.inbound_connections.protocol(Protocol::Opaque);
                 self.opaque_with_preamble(tls).await;
@@ -150,15 +157,21 @@ impl Inbound {
         }
     }
 
-    async fn serve_http<I>(self: &Arc<Self>, io: I, h2: bool, peer: Option<Arc<str>>, tls: bool)
-    where
+    async fn serve_http<I>(
+        self: &Arc<Self>,
+        io: I,
+        h2: bool,
+        peer: Option<Arc<str>>,
+        tls: bool,
+        remote: Option<SocketAddr>,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let this = self.clone();
         let handle = move |req| {
             let this = this.clone();
             let peer = peer.clone();
-            async move { this.proxy(req, peer.as_deref(), tls).await }
+            async move { this.proxy(req, peer.as_deref(), tls, remote).await }
         };
         let conns = &self.metrics.inbound_connections;
         self.servers
@@ -201,11 +214,13 @@ impl Inbound {
         }
     }
 
+    /// `peer` is the caller's proven identity, `remote` its socket address.
     async fn proxy(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: Option<&str>,
         tls: bool,
+        remote: Option<SocketAddr>,
     ) -> Response<ProxyBody> {
         let traffic = if tls {
             &self.traffic_tls
@@ -214,16 +229,58 @@ impl Inbound {
         };
         traffic.request();
         let start = Instant::now();
-        let rsp = match self.authorize(peer) {
-            Ok(()) => {
-                let mut req = req;
-                set_client_id(req.headers_mut(), peer);
-                self.to_app(req).await.unwrap_or_else(ProxyError::response)
-            }
-            Err(e) => e.response(),
+        // Only read when a collector is configured: the common case skips the snapshot load.
+        let sampling = if self.tracing.is_enabled() {
+            self.config.peek(|s| s.sampling)
+        } else {
+            0.0
         };
-        traffic.response(Some(rsp.status().as_u16()), start.elapsed());
+        let span = self.tracing.server(&req, sampling, remote);
+        let mut trace = None;
+        let (mut rsp, error) = match self.admit(peer) {
+            Ok(()) => {
+                set_client_id(req.headers_mut(), peer);
+                self.tracing.forward(&span, req.headers_mut());
+                // Read now, as the app will see it: the request is gone once it has answered,
+                // and only then is it known whether its trace was marked exhausted meanwhile.
+                trace = crate::trace::trace_id(req.headers());
+                match self.to_app(req).await {
+                    Ok(rsp) => (rsp, None),
+                    Err(e) => (e.response(), Some(e.reason())),
+                }
+            }
+            Err(Refused::Error(e)) => (e.response(), Some(e.reason())),
+            Err(Refused::RateLimited(wait)) => {
+                let retry_after = weir_resilience::ratelimit::retry_after_secs(wait);
+                let reason = ProxyError::RateLimited.reason();
+                (ProxyError::rate_limited_response(retry_after), Some(reason))
+            }
+        };
+        let exhausted = amplification::table();
+        if rsp.status().is_server_error() && exhausted.any(tokio::time::Instant::now()) {
+            exhausted.label_response(trace.as_ref(), &mut rsp);
+        }
+        let status = rsp.status().as_u16();
+        traffic.response(Some(status), start.elapsed());
+        self.tracing.finish_server(span, Some(status), error);
         rsp
+    }
+
+    /// Who may call (authorization), then how often (the rate limit, so a refused caller
+    /// spends no tokens), both from the snapshot in force for every request.
+    fn admit(&self, peer: Option<&str>) -> Result<(), Refused> {
+        self.authorize(peer).map_err(Refused::Error)?;
+        let limited = self.config.peek(|s| {
+            let limit = s.inbound_rate_limit.as_ref()?;
+            limit.try_acquire(tokio::time::Instant::now()).err()
+        });
+        match limited {
+            Some(wait) => {
+                tracing::debug!(?wait, "request refused by the rate limit");
+                Err(Refused::RateLimited(wait))
+            }
+            None => Ok(()),
+        }
     }
 
     /// The service's authorization policy, read from the snapshot in force for every request,
@@ -272,6 +329,13 @@ impl Inbound {
         headers::strip_hop_by_hop(rsp.headers_mut());
         Ok(rsp.map(ProxyBody::Incoming))
     }
+}
+
+/// Why the inbound answered a request itself.
+enum Refused {
+    Error(ProxyError),
+    /// Over the service's `rateLimit`; a token comes back after this long (`Retry-After`).
+    RateLimited(Duration),
 }
 
 /// Tells the app who called: the SPIFFE id the mTLS handshake proved. Whatever a caller

@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use weir_policy::MtlsMode;
 use weir_resilience::PeakEwma;
-use weir_resilience::deadline::WEIR_TIMEOUT_MS;
+use weir_resilience::deadline::{GRPC_TIMEOUT, WEIR_TIMEOUT_MS};
 
 use super::{Outbound, PeerProtocol};
 use crate::body::ProxyBody;
@@ -74,7 +74,8 @@ impl Outbound {
         }
         let backend = svc.backend_for(&req);
         if headers::is_upgrade(&req) {
-            let ep = match balance::pick(&backend.endpoints, Instant::now(), self.rng.next()) {
+            let ep = match balance::pick(&backend.endpoints, Instant::now(), self.rng.next(), None)
+            {
                 Pick::Endpoint(ep) => ep,
                 Pick::NoEndpoints => return Err(ProxyError::NoEndpoints),
                 Pick::CircuitOpen => return Err(ProxyError::CircuitOpen),
@@ -85,11 +86,13 @@ impl Outbound {
             return crate::upgrade::forward_on(io, req, &self.drain).await;
         }
         let policy = &*svc.policy;
-        if policy.is_plain() && !req.headers().contains_key(WEIR_TIMEOUT_MS) {
+        let inherited_deadline =
+            req.headers().contains_key(WEIR_TIMEOUT_MS) || req.headers().contains_key(GRPC_TIMEOUT);
+        if policy.is_plain() && !inherited_deadline {
             // No policy: one try, no copies, nothing to wait for.
             let req = self.prepare(req)?;
             return self
-                .try_once(backend, req.map(ProxyBody::Incoming), None)
+                .try_once(backend, req.map(ProxyBody::Incoming), None, None)
                 .await;
         }
         let deadline = Deadline::new(Instant::now(), policy.request_timeout, req.headers());
@@ -130,9 +133,14 @@ impl Outbound {
         let mut req = self.prepare(req)?;
         let Some(retry) = policy.retry.as_ref().filter(|r| r.allows(req.method())) else {
             deadline.propagate(req.headers_mut(), Instant::now());
-            let limit = deadline.try_limit(policy.per_try_timeout, Instant::now());
+            let limit = deadline.try_limit(policy.try_timeout(), Instant::now());
             return self
-                .try_once(backend, req.map(ProxyBody::Incoming), limit)
+                .try_once(
+                    backend,
+                    req.map(ProxyBody::Incoming),
+                    limit,
+                    policy.connect_timeout,
+                )
                 .await;
         };
         if let Some(budget) = &retry.budget {
@@ -142,6 +150,7 @@ impl Outbound {
         let mut body = Some(Replay::read(body).await?);
         let replayable = body.as_ref().is_some_and(Replay::replayable);
         let mut attempt: u32 = 1;
+        let mut last_endpoint = None;
         loop {
             let now = Instant::now();
             let try_body = match body.as_ref() {
@@ -157,10 +166,19 @@ impl Outbound {
             let h = attempt_req.headers_mut();
             h.insert(X_WEIR_ATTEMPT, HeaderValue::from(attempt));
             deadline.propagate(h, now);
-            let limit = deadline.try_limit(policy.per_try_timeout, now);
-            let result = self.try_once(backend, attempt_req, limit).await;
+            let limit = deadline.try_limit(policy.try_timeout(), now);
+            let (result, endpoint) = self
+                .try_at(
+                    backend,
+                    attempt_req,
+                    limit,
+                    policy.connect_timeout,
+                    last_endpoint,
+                )
+                .await;
+            last_endpoint = endpoint;
             let outcome = match &result {
-                Ok(rsp) => Outcome::Status(rsp.status()),
+                Ok(rsp) => peer_outcome(rsp),
                 Err(e) => Outcome::Error(*e),
             };
             let failed = match &outcome {
@@ -177,7 +195,9 @@ impl Outbound {
                 && !downstream_gave_up
                 && retry.on.matches(&outcome);
             let wait = retry::backoff(retry, attempt, self.rng.fraction());
-            let room = deadline.remaining(now).is_none_or(|left| left > wait);
+            let room = deadline
+                .remaining(Instant::now())
+                .is_none_or(|left| left > wait);
             let budget_ok = again && room && retry.budget.as_ref().is_none_or(|b| b.withdraw());
             if !budget_ok {
                 if failed && let Some(id) = trace_id(&parts.headers) {
@@ -197,15 +217,34 @@ impl Outbound {
         backend: &Backend,
         req: Request<ProxyBody>,
         limit: Option<std::time::Duration>,
+        connect_timeout: Option<std::time::Duration>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        self.try_at(backend, req, limit, connect_timeout, None)
+            .await
+            .0
+    }
+
+    /// [`Self::try_once`], avoiding `avoid` (the endpoint the previous try failed on) when
+    /// another is eligible; returns where the try went.
+    async fn try_at(
+        &self,
+        backend: &Backend,
+        req: Request<ProxyBody>,
+        limit: Option<std::time::Duration>,
+        connect_timeout: Option<std::time::Duration>,
+        avoid: Option<std::net::SocketAddr>,
+    ) -> (
+        Result<Response<ProxyBody>, ProxyError>,
+        Option<std::net::SocketAddr>,
+    ) {
         let now = Instant::now();
-        let ep = match balance::pick(&backend.endpoints, now, self.rng.next()) {
+        let ep = match balance::pick(&backend.endpoints, now, self.rng.next(), avoid) {
             Pick::Endpoint(ep) => ep,
-            Pick::NoEndpoints => return Err(ProxyError::NoEndpoints),
-            Pick::CircuitOpen => return Err(ProxyError::CircuitOpen),
+            Pick::NoEndpoints => return (Err(ProxyError::NoEndpoints), None),
+            Pick::CircuitOpen => return (Err(ProxyError::CircuitOpen), None),
         };
         let in_flight = PeakEwma::start(&ep.lb, now);
-        let send = self.send(ep, backend, req);
+        let send = self.send(ep, backend, req, connect_timeout);
         let result = match limit {
             Some(limit) => tokio::time::timeout(limit, send)
                 .await
@@ -215,8 +254,13 @@ impl Outbound {
         let end = Instant::now();
         in_flight.complete(end);
         let success = matches!(&result, Ok(rsp) if !rsp.status().is_server_error());
+        if !success {
+            // A refused connection fails in microseconds: measured as is, a dead endpoint
+            // would look like the fastest one and draw every request.
+            ep.lb.observe(balance::FAILURE_PENALTY, end);
+        }
         balance::record(ep, success, end);
-        result
+        (result, Some(ep.addr))
     }
 
     /// Readies a request for the peer once, whatever the number of tries: hop-by-hop headers
@@ -249,6 +293,7 @@ impl Outbound {
         ep: &Endpoint,
         backend: &Backend,
         mut req: Request<ProxyBody>,
+        connect_timeout: Option<std::time::Duration>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if req.version() < Version::HTTP_2 {
             // Pooled HTTP/1.1 to the peer: the URI names the peer's address, Host keeps the
@@ -258,7 +303,14 @@ impl Outbound {
             headers::strip_hop_by_hop(rsp.headers_mut());
             return Ok(rsp.map(ProxyBody::Incoming));
         }
-        let mut send = ep.h2.ready_sender().await.map_err(|e| {
+        let ready = ep.h2.ready_sender();
+        let ready = match connect_timeout {
+            Some(limit) => tokio::time::timeout(limit, ready)
+                .await
+                .map_err(|_| ProxyError::Timeout)?,
+            None => ready.await,
+        };
+        let mut send = ready.map_err(|e| {
             tracing::debug!(backend = %backend.name, error = %e, "peer connection failed");
             match e {
                 H2Error::Peer(p) => peer_error(p),
@@ -280,6 +332,22 @@ impl Outbound {
         headers::strip_hop_by_hop(rsp.headers_mut());
         Ok(rsp.map(ProxyBody::Incoming))
     }
+}
+
+/// How a try that got a response ended: the callee's proxy answers for its app, so its
+/// `502 connect-failure`/`reset` is the app refusing or dropping the request, which the
+/// `connect-failure` and `reset` retry conditions are about.
+fn peer_outcome(rsp: &Response<ProxyBody>) -> Outcome {
+    if rsp.status() == http::StatusCode::BAD_GATEWAY
+        && let Some(reason) = rsp.headers().get(crate::errors::X_WEIR_ERROR)
+    {
+        match reason.as_bytes() {
+            b"connect-failure" => return Outcome::Error(ProxyError::ConnectFailure),
+            b"reset" => return Outcome::Error(ProxyError::Reset),
+            _ => {}
+        }
+    }
+    Outcome::Status(rsp.status())
 }
 
 /// A try's request: the call's method, URI, version and headers, with `body`.

@@ -40,6 +40,9 @@ struct Slot {
 pub struct Exhausted {
     base: Instant,
     slots: Box<[Slot]>,
+    /// Until when any mark may still hold (ms since `base`): while it is past, the inbound
+    /// side skips even parsing the trace id — the healthy path costs one atomic load.
+    live_until_ms: AtomicU64,
 }
 
 impl Default for Exhausted {
@@ -53,6 +56,7 @@ impl Default for Exhausted {
                     until_ms: AtomicU64::new(0),
                 })
                 .collect(),
+            live_until_ms: AtomicU64::new(0),
         }
     }
 }
@@ -85,7 +89,31 @@ impl Exhausted {
         let slot = self.slot(lo);
         slot.hi.store(hi, Relaxed);
         slot.lo.store(lo, Relaxed);
-        slot.until_ms.store(self.ms(now + TTL).max(1), Relaxed);
+        let until = self.ms(now + TTL).max(1);
+        slot.until_ms.store(until, Relaxed);
+        self.live_until_ms.fetch_max(until, Relaxed);
+    }
+
+    /// Whether any mark may be live; false means no request can be marked.
+    pub fn any(&self, now: Instant) -> bool {
+        self.live_until_ms.load(Relaxed) > self.ms(now)
+    }
+
+    /// The inbound side's half: a 5xx answer to a request whose trace this proxy's outbound
+    /// gave up on tells the caller's proxy not to retry it. Read the trace id from the request
+    /// only when [`Exhausted::any`] said so.
+    pub fn label_response(
+        &self,
+        trace: Option<&[u8; 16]>,
+        rsp: &mut http::Response<crate::body::ProxyBody>,
+    ) {
+        if rsp.status().is_server_error()
+            && let Some(trace) = trace
+            && self.is_marked(trace, Instant::now())
+        {
+            rsp.headers_mut()
+                .insert(RETRIES_EXHAUSTED, http::HeaderValue::from_static("true"));
+        }
     }
 
     pub fn is_marked(&self, trace: &[u8; 16], now: Instant) -> bool {
@@ -109,10 +137,13 @@ mod tests {
         b[0] = 8;
         let now = Instant::now();
         assert!(!table.is_marked(&a, now));
+        assert!(!table.any(now));
         table.mark(&a, now);
+        assert!(table.any(now));
         assert!(table.is_marked(&a, now));
         assert!(!table.is_marked(&b, now), "same slot, other trace");
         tokio::time::advance(TTL + Duration::from_millis(1)).await;
         assert!(!table.is_marked(&a, Instant::now()));
+        assert!(!table.any(Instant::now()));
     }
 }

@@ -28,17 +28,34 @@ pub enum Pick<'a> {
     CircuitOpen,
 }
 
-pub fn pick(endpoints: &[Arc<Endpoint>], now: Instant, rand: u64) -> Pick<'_> {
+/// The latency a failed try is recorded with, whatever it took: a refused connection fails in
+/// microseconds and must not make its endpoint look fast (Finagle's failure penalty).
+pub const FAILURE_PENALTY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `avoid`: the endpoint the previous try of this call failed on, skipped when another one is
+/// eligible (a retry should not go back to the same broken place).
+pub fn pick(
+    endpoints: &[Arc<Endpoint>],
+    now: Instant,
+    rand: u64,
+    avoid: Option<std::net::SocketAddr>,
+) -> Pick<'_> {
     if endpoints.is_empty() {
         return Pick::NoEndpoints;
     }
-    let eligible = |ep: &Arc<Endpoint>| {
+    let closed = |ep: &Arc<Endpoint>| {
         ep.breaker
             .load()
             .as_ref()
             .is_none_or(|b| !matches!(b.inner.state(now), State::Open { .. }))
     };
-    let chosen = weir_resilience::p2c(endpoints, |ep| ep.lb.cost(now), eligible, rand);
+    let cost = |ep: &Arc<Endpoint>| ep.lb.cost(now);
+    let chosen = avoid
+        .filter(|_| endpoints.len() > 1)
+        .and_then(|skip| {
+            weir_resilience::p2c(endpoints, cost, |ep| ep.addr != skip && closed(ep), rand)
+        })
+        .or_else(|| weir_resilience::p2c(endpoints, cost, closed, rand));
     if let Some(ep) = chosen
         && admit(ep, now)
     {

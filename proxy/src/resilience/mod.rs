@@ -19,8 +19,10 @@
 //!    retried to exhaustion (`amplification`).
 //! 5. **balance + breaker** (`balance`): per try, P2C over peak-EWMA latency among endpoints
 //!    the circuit breaker admits; none admitted is `503 circuit-open`.
-//! 6. **per-try timeout**: `timeouts.perTry`, capped by the deadline; a try that runs out is a
-//!    failure the retry layer may retry, and counts against the endpoint's breaker.
+//! 6. **per-try timeout**: `timeouts.perTry` (and `timeouts.idle`, the wait for the response
+//!    head), capped by the deadline; a try that runs out is a failure the retry layer may
+//!    retry, and counts against the endpoint's breaker. `timeouts.connect` bounds getting a
+//!    connection to the endpoint's proxy.
 //!
 //! These are plain async functions, not boxed `tower::Service`s: each layer is one small module
 //! with its own tests, and the compiler inlines the whole chain with no allocation per request.

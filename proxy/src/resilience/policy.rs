@@ -24,6 +24,12 @@ const DEFAULT_MAX_EJECTION_PERCENT: u32 = 50;
 pub struct CallPolicy {
     pub request_timeout: Option<Duration>,
     pub per_try_timeout: Option<Duration>,
+    /// Limit on getting a connection to the endpoint's proxy (TCP, TLS, HTTP/2 handshake)
+    /// when none is open; running out is a `connect-failure`, which retries may cover.
+    pub connect_timeout: Option<Duration>,
+    /// How long a try may go without hearing from the callee before its response head; with
+    /// `perTry` the smaller wins. (Silence within a streaming body is not bounded yet.)
+    pub idle_timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub bulkhead: Option<Arc<Bulkhead>>,
     /// The breaker settings for this service's endpoints, with the spec they came from.
@@ -33,9 +39,19 @@ pub struct CallPolicy {
 
 impl CallPolicy {
     /// Nothing configured: calls go straight through, as before any policy.
+    /// The limit on one try's wait for its response head.
+    pub fn try_timeout(&self) -> Option<Duration> {
+        match (self.per_try_timeout, self.idle_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     pub fn is_plain(&self) -> bool {
         self.request_timeout.is_none()
             && self.per_try_timeout.is_none()
+            && self.connect_timeout.is_none()
+            && self.idle_timeout.is_none()
             && self.retry.is_none()
             && self.bulkhead.is_none()
             && self.breaker.is_none()
@@ -107,6 +123,8 @@ impl PolicyCache {
         CallPolicy {
             request_timeout: timeouts.and_then(|t| t.request.map(|d| d.0)),
             per_try_timeout: timeouts.and_then(|t| t.per_try.map(|d| d.0)),
+            connect_timeout: timeouts.and_then(|t| t.connect.map(|d| d.0)),
+            idle_timeout: timeouts.and_then(|t| t.idle.map(|d| d.0)),
             retry,
             bulkhead,
             breaker,
