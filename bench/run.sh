@@ -248,7 +248,7 @@ mkdir -p "$certs"
 gen_certs "$certs" || die "certificate generation with openssl failed"
 
 declare -A port=() groups=() conn_port=() conn_group=() hop1=() hop2=()
-read -r -a P <<<"$(free_ports 25)"
+read -r -a P <<<"$(free_ports 40)"
 next_port() { np=${P[0]}; P=("${P[@]:1}"); }
 
 # (a) upstream, core 0 with the load generators.

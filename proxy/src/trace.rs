@@ -48,7 +48,7 @@ use std::time::SystemTime;
 use bytes::BytesMut;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
-use weir_trace::{Format, Sampling, SpanId, SpanKind, SpanRecord, TraceContext, Tracer};
+use weir_trace::{Format, Sampling, SpanKind, SpanRecord, TraceContext, Tracer};
 
 use crate::errors::{ProxyError, X_WEIR_ERROR};
 
@@ -113,10 +113,6 @@ pub struct ServerTrace(Hop);
 /// The trace id a request carries (W3C or B3), whether or not it is sampled: what links a
 /// request a proxy's inbound delivered to its app with the calls the app makes while serving
 /// it (the app forwards the context).
-#[allow(
-    dead_code,
-    reason = "called from outbound/mesh.rs once the caller side is wired"
-)]
 pub fn trace_id(headers: &HeaderMap) -> Option<[u8; 16]> {
     let (trace, _) = weir_trace::extract(headers)?.parent?;
     Some(trace.0)
@@ -203,10 +199,6 @@ impl Tracing {
 
 // === the caller side (outbound/mesh.rs) ===
 
-#[allow(
-    dead_code,
-    reason = "called from outbound/mesh.rs once the caller side is wired"
-)]
 impl Tracing {
     /// Outbound, once per mesh call, before anything that can fail (so a `503 circuit-open`
     /// still gets a span): in `to_mesh`, with the request as the app sent it, the callee's
@@ -283,10 +275,6 @@ impl Tracing {
 /// The response status and the proxy's reason of a try's (or call's) result, as
 /// `finish_attempt` takes them: an error the proxy answered for, or a response that a proxy
 /// made (`x-weir-error`: a fault abort here, or a refusal by the callee's proxy).
-#[allow(
-    dead_code,
-    reason = "called from outbound/mesh.rs once the caller side is wired"
-)]
 pub fn outcome<B>(result: &Result<Response<B>, ProxyError>) -> (Option<u16>, Option<&'static str>) {
     match result {
         Ok(rsp) => {
@@ -320,27 +308,24 @@ const REASONS: [&str; 12] = [
 
 // === impl CallTrace, AttemptTrace ===
 
-#[allow(
-    dead_code,
-    reason = "called from outbound/mesh.rs once the caller side is wired"
-)]
 impl CallTrace {
     /// The matched route's name, for the span name and `weir.route` (sampled calls only pay).
+    #[allow(
+        dead_code,
+        reason = "for outbound/mesh.rs once `backend_for` tells which route matched"
+    )]
     pub fn set_route(&mut self, route: &str) {
         if let Hop::Sampled(_, info) = &mut self.0 {
             info.route = Some(Arc::from(route));
         }
     }
 
+    #[cfg(test)]
     pub fn is_sampled(&self) -> bool {
         matches!(self.0, Hop::Sampled(..))
     }
 }
 
-#[allow(
-    dead_code,
-    reason = "called from outbound/mesh.rs once the caller side is wired"
-)]
 impl AttemptTrace {
     fn finish(
         &mut self,
@@ -359,12 +344,17 @@ impl AttemptTrace {
     }
 
     /// `weir.breaker`: the endpoint's circuit-breaker state as the try saw it.
+    #[allow(
+        dead_code,
+        reason = "for outbound/mesh.rs once `balance::pick` reports the breaker state"
+    )]
     pub fn set_breaker(&mut self, state: &'static str) {
         self.breaker = Some(state);
     }
 
-    /// The span id written into the try's request (tests and logs).
-    pub fn span_id(&self) -> Option<SpanId> {
+    /// The span id written into the try's request.
+    #[cfg(test)]
+    pub fn span_id(&self) -> Option<weir_trace::SpanId> {
         match &self.hop {
             Hop::Sampled(ctx, _) | Hop::Denied(ctx) => Some(ctx.span_id),
             Hop::Off | Hop::Inherited => None,

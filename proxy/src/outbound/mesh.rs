@@ -21,6 +21,7 @@ use crate::resilience::balance::{self, Pick};
 use crate::resilience::deadline::Deadline;
 use crate::resilience::retry::{self, Outcome, Replay};
 use crate::tls::ALPN_HTTP1;
+use crate::trace::CallTrace;
 
 /// The try number (1 for the first) on every try of a call with a retry policy.
 const X_WEIR_ATTEMPT: HeaderName = HeaderName::from_static("x-weir-attempt");
@@ -54,10 +55,13 @@ impl Outbound {
         let m = &svc.metrics;
         m.request();
         let start = Instant::now();
-        let rsp = self
-            .mesh_call(snapshot, svc, req)
-            .await
-            .unwrap_or_else(ProxyError::response);
+        // Before anything can fail, so a 503 circuit-open or a timeout still gets its span.
+        let call = self.tracing.client_call(&req, &svc.name, snapshot.sampling);
+        let result = self.mesh_call(snapshot, svc, req, &call).await;
+        let (_, error) = crate::trace::outcome(&result);
+        let rsp = result.unwrap_or_else(ProxyError::response);
+        self.tracing
+            .finish_call(call, Some(rsp.status().as_u16()), error);
         m.response(Some(rsp.status().as_u16()), start.elapsed());
         rsp
     }
@@ -67,7 +71,8 @@ impl Outbound {
         &self,
         snapshot: &Snapshot,
         svc: &Service,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
+        call: &CallTrace,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if !may_reach_mesh(self.creds.is_present(), snapshot) {
             return Err(ProxyError::NoIdentity);
@@ -80,10 +85,18 @@ impl Outbound {
                 Pick::NoEndpoints => return Err(ProxyError::NoEndpoints),
                 Pick::CircuitOpen => return Err(ProxyError::CircuitOpen),
             };
-            let io = self
+            let span = self.tracing.attempt(call, 1, req.headers_mut());
+            let result = match self
                 .connect_peer(ep.addr, backend.identity.as_deref(), ALPN_HTTP1)
-                .await?;
-            return crate::upgrade::forward_on(io, req, &self.drain).await;
+                .await
+            {
+                Ok(io) => crate::upgrade::forward_on(io, req, &self.drain).await,
+                Err(e) => Err(e),
+            };
+            let (status, error) = crate::trace::outcome(&result);
+            self.tracing
+                .finish_attempt(span, status, error, Some(ep.addr));
+            return result;
         }
         let policy = &*svc.policy;
         let inherited_deadline =
@@ -92,7 +105,7 @@ impl Outbound {
             // No policy: one try, no copies, nothing to wait for.
             let req = self.prepare(req)?;
             return self
-                .try_once(backend, req.map(ProxyBody::Incoming), None, None)
+                .try_once(backend, req.map(ProxyBody::Incoming), None, None, call)
                 .await;
         }
         let deadline = Deadline::new(Instant::now(), policy.request_timeout, req.headers());
@@ -111,7 +124,7 @@ impl Outbound {
                 Some(b) => Some(b.acquire().await.map_err(|_| ProxyError::BulkheadFull)?),
                 None => None,
             };
-            self.tries(svc, backend, req, &deadline).await
+            self.tries(svc, backend, req, &deadline, call).await
         };
         match deadline.at {
             Some(at) => tokio::time::timeout_at(at, call)
@@ -128,6 +141,7 @@ impl Outbound {
         backend: &Backend,
         req: Request<Incoming>,
         deadline: &Deadline,
+        call: &CallTrace,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let policy = &*svc.policy;
         let mut req = self.prepare(req)?;
@@ -140,6 +154,7 @@ impl Outbound {
                     req.map(ProxyBody::Incoming),
                     limit,
                     policy.connect_timeout,
+                    call,
                 )
                 .await;
         };
@@ -168,7 +183,9 @@ impl Outbound {
             deadline.propagate(h, now);
             let limit = deadline.try_limit(policy.try_timeout(), now);
             let (result, endpoint) = self
-                .try_at(
+                .traced_try(
+                    call,
+                    attempt,
                     backend,
                     attempt_req,
                     limit,
@@ -211,17 +228,42 @@ impl Outbound {
         }
     }
 
-    /// One try: an endpoint from the balancer, its breaker told the outcome, within `limit`.
+    /// The only try of a call.
     async fn try_once(
         &self,
         backend: &Backend,
         req: Request<ProxyBody>,
         limit: Option<std::time::Duration>,
         connect_timeout: Option<std::time::Duration>,
+        call: &CallTrace,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        self.try_at(backend, req, limit, connect_timeout, None)
+        self.traced_try(call, 1, backend, req, limit, connect_timeout, None)
             .await
             .0
+    }
+
+    /// Try `n` of a call, with its CLIENT span (the callee's SERVER span hangs under it).
+    #[allow(clippy::too_many_arguments, reason = "one call site per kind of try")]
+    async fn traced_try(
+        &self,
+        call: &CallTrace,
+        n: u32,
+        backend: &Backend,
+        mut req: Request<ProxyBody>,
+        limit: Option<std::time::Duration>,
+        connect_timeout: Option<std::time::Duration>,
+        avoid: Option<std::net::SocketAddr>,
+    ) -> (
+        Result<Response<ProxyBody>, ProxyError>,
+        Option<std::net::SocketAddr>,
+    ) {
+        let span = self.tracing.attempt(call, n, req.headers_mut());
+        let (result, endpoint) = self
+            .try_at(backend, req, limit, connect_timeout, avoid)
+            .await;
+        let (status, error) = crate::trace::outcome(&result);
+        self.tracing.finish_attempt(span, status, error, endpoint);
+        (result, endpoint)
     }
 
     /// [`Self::try_once`], avoiding `avoid` (the endpoint the previous try failed on) when

@@ -46,7 +46,6 @@ pub struct Outbound {
     /// Randomness for endpoint choice, backoff jitter and fault rolls.
     rng: crate::resilience::rand::SharedRng,
     /// CLIENT spans of mesh calls (`crate::trace` says where each of its calls goes).
-    #[allow(dead_code, reason = "read by mesh.rs once the caller side is wired")]
     tracing: Arc<crate::trace::Tracing>,
 }
 
