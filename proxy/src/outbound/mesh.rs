@@ -296,9 +296,14 @@ impl Outbound {
         let end = Instant::now();
         in_flight.complete(end);
         let success = matches!(&result, Ok(rsp) if !rsp.status().is_server_error());
-        if !success {
+        let unreachable = match &result {
+            Err(_) => true,
+            Ok(rsp) => matches!(peer_outcome(rsp), Outcome::Error(_)),
+        };
+        if unreachable {
             // A refused connection fails in microseconds: measured as is, a dead endpoint
-            // would look like the fastest one and draw every request.
+            // would look like the fastest one and draw every request. Error answers from a
+            // live app are the circuit breaker's business, not the balancer's.
             ep.lb.observe(balance::FAILURE_PENALTY, end);
         }
         balance::record(ep, success, end);
