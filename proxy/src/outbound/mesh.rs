@@ -17,7 +17,7 @@ use crate::config::{Backend, Endpoint, Service, Snapshot};
 use crate::errors::ProxyError;
 use crate::headers::{self, HTTP11, X_WEIR_ORIG_PROTO};
 use crate::resilience::amplification::{self, RETRIES_EXHAUSTED};
-use crate::resilience::balance::{self, Pick};
+use crate::resilience::balance;
 use crate::resilience::deadline::Deadline;
 use crate::resilience::retry::{self, Outcome, Replay};
 use crate::tls::ALPN_HTTP1;
@@ -79,12 +79,7 @@ impl Outbound {
         }
         let backend = svc.backend_for(&req);
         if headers::is_upgrade(&req) {
-            let ep = match balance::pick(&backend.endpoints, Instant::now(), self.rng.next(), None)
-            {
-                Pick::Endpoint(ep) => ep,
-                Pick::NoEndpoints => return Err(ProxyError::NoEndpoints),
-                Pick::CircuitOpen => return Err(ProxyError::CircuitOpen),
-            };
+            let ep = balance::pick(&backend.endpoints, Instant::now(), self.rng.next(), None)?;
             let span = self.tracing.attempt(call, 1, req.headers_mut());
             let result = match self
                 .connect_peer(ep.addr, backend.identity.as_deref(), ALPN_HTTP1)
@@ -217,7 +212,7 @@ impl Outbound {
                 .is_none_or(|left| left > wait);
             let budget_ok = again && room && retry.budget.as_ref().is_none_or(|b| b.withdraw());
             if !budget_ok {
-                if failed && let Some(id) = trace_id(&parts.headers) {
+                if failed && let Some(id) = crate::trace::trace_id(&parts.headers) {
                     amplification::table().mark(&id, Instant::now());
                 }
                 return result;
@@ -281,9 +276,8 @@ impl Outbound {
     ) {
         let now = Instant::now();
         let ep = match balance::pick(&backend.endpoints, now, self.rng.next(), avoid) {
-            Pick::Endpoint(ep) => ep,
-            Pick::NoEndpoints => return (Err(ProxyError::NoEndpoints), None),
-            Pick::CircuitOpen => return (Err(ProxyError::CircuitOpen), None),
+            Ok(ep) => ep,
+            Err(e) => return (Err(e), None),
         };
         let in_flight = PeakEwma::start(&ep.lb, now);
         let send = self.send(ep, backend, req, connect_timeout);
@@ -405,13 +399,6 @@ fn copy_head(parts: &http::request::Parts, body: ProxyBody) -> Request<ProxyBody
     *req.version_mut() = parts.version;
     *req.headers_mut() = parts.headers.clone();
     req
-}
-
-/// The trace id the app's request carries, linking it to the request the app is serving.
-fn trace_id(headers: &http::HeaderMap) -> Option<[u8; 16]> {
-    weir_trace::extract(headers)
-        .and_then(|e| e.parent)
-        .map(|(trace, _)| trace.0)
 }
 
 /// Rewrites the request URI to absolute form with the given authority.

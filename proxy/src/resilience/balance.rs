@@ -6,6 +6,7 @@ use tokio::time::Instant;
 use weir_resilience::{Admit, EjectionGate, EndpointBreaker, State};
 
 use crate::config::Endpoint;
+use crate::errors::ProxyError;
 
 /// An endpoint's circuit breaker and the settings it was made with (kept across snapshots
 /// while they do not change, so an ejection survives a config push).
@@ -21,13 +22,6 @@ impl std::fmt::Debug for Breaker {
     }
 }
 
-pub enum Pick<'a> {
-    /// Send the try here; `probe` when it is the half-open probe of an ejected endpoint.
-    Endpoint(&'a Arc<Endpoint>),
-    NoEndpoints,
-    CircuitOpen,
-}
-
 /// The latency a failed try is recorded with, whatever it took: a refused connection fails in
 /// microseconds and must not make its endpoint look fast (Finagle's failure penalty).
 pub const FAILURE_PENALTY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -39,9 +33,9 @@ pub fn pick(
     now: Instant,
     rand: u64,
     avoid: Option<std::net::SocketAddr>,
-) -> Pick<'_> {
+) -> Result<&Arc<Endpoint>, ProxyError> {
     if endpoints.is_empty() {
-        return Pick::NoEndpoints;
+        return Err(ProxyError::NoEndpoints);
     }
     let closed = |ep: &Arc<Endpoint>| {
         ep.breaker
@@ -59,13 +53,13 @@ pub fn pick(
     if let Some(ep) = chosen
         && admit(ep, now)
     {
-        return Pick::Endpoint(ep);
+        return Ok(ep);
     }
     // Lost a race for a probe, or nothing looked eligible: any endpoint that admits now.
     endpoints
         .iter()
         .find(|ep| admit(ep, now))
-        .map_or(Pick::CircuitOpen, Pick::Endpoint)
+        .ok_or(ProxyError::CircuitOpen)
 }
 
 fn admit(ep: &Endpoint, now: Instant) -> bool {
