@@ -59,7 +59,7 @@ enum Command {
             long = "server-name",
             env = "WEIR_SERVER_NAMES",
             value_delimiter = ',',
-            default_value = "localhost,127.0.0.1,::1,weir-control,weir-control.weir-system,weir-control.weir-system.svc,weir-control.weir-system.svc.cluster.local"
+            default_values = weir_control::serving::DEFAULT_SERVER_NAMES
         )]
         server_names: Vec<String>,
     },
