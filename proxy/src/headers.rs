@@ -7,9 +7,28 @@ use http::{Request, Version};
 pub const X_WEIR_ORIG_PROTO: HeaderName = HeaderName::from_static("x-weir-orig-proto");
 pub const HTTP11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether `name` is one `strip_hop_by_hop` may remove on its own (`connection` can list more).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Removes connection-specific headers (RFC 9110 §7.6.1): they describe one hop and are
 /// forbidden in HTTP/2. `te: trailers` survives because gRPC needs it end to end.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the few names present is much cheaper
+    // than a hashed lookup (and name parse) per hop-by-hop name.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = h.remove(header::CONNECTION)
         && let Ok(list) = conn.to_str()
     {
@@ -19,10 +38,14 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
                 h.remove(name);
             }
         }
+        // Usually `connection: keep-alive` was all there was.
+        if !h.keys().any(is_hop_by_hop) {
+            return;
+        }
     }
     for name in [
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
         header::PROXY_AUTHORIZATION,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
