@@ -327,6 +327,12 @@ impl Inbound {
                 .map_err(|_| ProxyError::Reset)?
         };
         headers::strip_hop_by_hop(rsp.headers_mut());
+        // `date` changes every second. HPACK-indexed, each new value joins a chain of the
+        // earlier ones that h2's encoder walks on every response (about 60 deep once the
+        // 4 KiB table is full); sent as a never-indexed literal it costs one short string.
+        if let Some(date) = rsp.headers_mut().get_mut(http::header::DATE) {
+            date.set_sensitive(true);
+        }
         Ok(rsp.map(ProxyBody::Incoming))
     }
 }
