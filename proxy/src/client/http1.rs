@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use http::Uri;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::ProxyBody;
@@ -28,8 +29,59 @@ pub struct AppConnector {
     pub addr: SocketAddr,
 }
 
+/// A connection to the app. Unlike a bare `TcpStream` it reports no `HttpInfo`, which
+/// hyper-util would otherwise copy into every response's extensions (three allocations
+/// per request: the map, its table and the value) for nobody to read.
+pub struct AppStream(TcpStream);
+
+impl Connection for AppStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for AppStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AppStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
 impl tower::Service<Uri> for AppConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<AppStream>;
     type Error = std::io::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -39,7 +91,11 @@ impl tower::Service<Uri> for AppConnector {
 
     fn call(&mut self, _: Uri) -> Self::Future {
         let addr = self.addr;
-        Box::pin(async move { super::connect(addr).await.map(TokioIo::new) })
+        Box::pin(async move {
+            super::connect(addr)
+                .await
+                .map(|s| TokioIo::new(AppStream(s)))
+        })
     }
 }
 
