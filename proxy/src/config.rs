@@ -136,7 +136,10 @@ impl Snapshot {
     pub fn service_for_authority(&self, authority: &str) -> Option<&Arc<Service>> {
         let host = strip_port(authority);
         let host = host.strip_suffix('.').unwrap_or(host);
-        if host.parse::<IpAddr>().is_ok() {
+        // Only an IPv6 literal has a colon and only an IPv4 one is all digits and dots: a name
+        // (the usual case) skips both address parsers.
+        let maybe_ip = host.contains(':') || host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        if maybe_ip && host.parse::<IpAddr>().is_ok() {
             return authority
                 .parse::<SocketAddr>()
                 .ok()
