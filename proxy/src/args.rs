@@ -110,7 +110,8 @@ pub struct RunArgs {
     #[arg(long, env = "WEIR_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
-    /// Data-plane worker threads (a sidecar usually needs one).
+    /// Data-plane worker threads (a sidecar usually needs one). With one, the whole proxy runs
+    /// on a single-threaded scheduler; more use tokio's work-stealing one.
     #[arg(long, env = "WEIR_WORKERS", default_value_t = 1)]
     pub workers: usize,
 

@@ -51,12 +51,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.workers.max(1))
-        .thread_name("weir-proxy")
-        .enable_all()
-        .build()
-    {
+    // One worker (the default) runs on the current-thread scheduler: no work-stealing queues,
+    // no cross-thread wake-ups, and the control task shares the thread with the data path.
+    let mut builder = if args.workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.workers);
+        b
+    };
+    let runtime = match builder.thread_name("weir-proxy").enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -221,7 +225,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&config, &creds),
+            _ = hup.recv() => {
+                // Reading and compiling the YAML is blocking work; with one worker it would
+                // otherwise stall every request on the data-path thread for its duration.
+                let (config, creds) = (config.clone(), creds.clone());
+                if let Err(e) = tokio::task::spawn_blocking(move || reload(&config, &creds)).await {
+                    tracing::error!(error = %e, "config reload task failed; the previous config stays in force");
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             () = drain.signaled() => break,
