@@ -34,8 +34,18 @@ pub fn pick(
     rand: u64,
     avoid: Option<std::net::SocketAddr>,
 ) -> Result<&Arc<Endpoint>, ProxyError> {
-    if endpoints.is_empty() {
-        return Err(ProxyError::NoEndpoints);
+    match endpoints {
+        [] => return Err(ProxyError::NoEndpoints),
+        // Nothing to choose between (and nothing to avoid): skip the draws and the state
+        // check; this admission is the one the general path ends with for one endpoint.
+        [ep] => {
+            return if admit(ep, now) {
+                Ok(ep)
+            } else {
+                Err(ProxyError::CircuitOpen)
+            };
+        }
+        _ => {}
     }
     let closed = |ep: &Arc<Endpoint>| {
         ep.breaker
