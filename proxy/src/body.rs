@@ -7,6 +7,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::client::app::AppBody;
+
 #[derive(Debug)]
 pub enum ProxyBody {
     /// A body streamed from the other side, frame by frame.
@@ -17,6 +19,8 @@ pub enum ProxyBody {
     Replay(Option<Bytes>, Option<http::HeaderMap>),
     /// A body too large to buffer: the part already read, then the rest as it streams.
     Prefixed(Option<Bytes>, Incoming),
+    /// The app's response, which hands its connection back to the pool when it ends.
+    App(AppBody),
 }
 
 impl ProxyBody {
@@ -57,6 +61,7 @@ impl Body for ProxyBody {
                 Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
                 None => Pin::new(rest).poll_frame(cx),
             },
+            ProxyBody::App(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -66,12 +71,14 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Replay(d, t) => d.is_none() && t.is_none(),
             ProxyBody::Prefixed(h, rest) => h.is_none() && rest.is_end_stream(),
+            ProxyBody::App(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Incoming(b) => b.size_hint(),
+            ProxyBody::App(b) => b.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
             ProxyBody::Replay(d, _) => {

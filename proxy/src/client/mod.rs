@@ -1,5 +1,6 @@
 //! Connections the proxy originates: multiplexed HTTP/2 to peers and apps, pooled HTTP/1, and
 //! plain TCP connects shared by every path.
+pub mod app;
 pub mod h2;
 pub mod http1;
 pub mod peer;
@@ -9,6 +10,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+
+/// How long an idle pooled HTTP/1 connection is kept; shorter than common app keep-alive
+/// timeouts (60 s+) so the proxy closes first and never sends on a connection the app is
+/// closing.
+pub const POOL_IDLE: Duration = Duration::from_secs(50);
 
 /// How long a TCP connect may take before the destination counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

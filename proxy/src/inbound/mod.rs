@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -14,8 +14,8 @@ use tokio_rustls::TlsAcceptor;
 use weir_policy::MtlsMode;
 
 use crate::body::ProxyBody;
+use crate::client::app::{AppError, AppPool};
 use crate::client::h2::H2Slot;
-use crate::client::http1::{AppClient, app_client};
 use crate::config::ConfigStore;
 use crate::detect::{Detected, PREAMBLE_LEN, PREAMBLE_MAGIC};
 use crate::drain::Drain;
@@ -35,7 +35,7 @@ pub struct Inbound {
     traffic_tls: Arc<TrafficMetrics>,
     traffic_plain: Arc<TrafficMetrics>,
     app_addr: SocketAddr,
-    app: AppClient,
+    app: Arc<AppPool>,
     app_h2: Arc<H2Slot>,
     detect: DetectSettings,
     servers: Servers,
@@ -72,7 +72,7 @@ impl Inbound {
             creds,
             metrics,
             app_addr,
-            app: app_client(app_addr),
+            app: AppPool::new(app_addr),
             app_h2: H2Slot::app(app_addr),
             detect,
             servers: Servers::new(),
@@ -307,14 +307,13 @@ impl Inbound {
         let mut rsp = if restore_http1 || req.version() < Version::HTTP_2 {
             to_http1(&mut req);
             self.app
-                .request(req.map(ProxyBody::Incoming))
+                .send(req.map(ProxyBody::Incoming))
                 .await
                 .map_err(|e| {
                     tracing::debug!(error = %e, "request to the app failed");
-                    if e.is_connect() {
-                        ProxyError::ConnectFailure
-                    } else {
-                        ProxyError::Reset
+                    match e {
+                        AppError::Connect { .. } => ProxyError::ConnectFailure,
+                        AppError::Send(_) => ProxyError::Reset,
                     }
                 })?
         } else {
@@ -325,6 +324,7 @@ impl Inbound {
             send.send_request(req.map(ProxyBody::Incoming))
                 .await
                 .map_err(|_| ProxyError::Reset)?
+                .map(ProxyBody::Incoming)
         };
         headers::strip_hop_by_hop(rsp.headers_mut());
         // `date` changes every second. HPACK-indexed, each new value joins a chain of the
@@ -333,7 +333,7 @@ impl Inbound {
         if let Some(date) = rsp.headers_mut().get_mut(http::header::DATE) {
             date.set_sensitive(true);
         }
-        Ok(rsp.map(ProxyBody::Incoming))
+        Ok(rsp)
     }
 }
 
@@ -355,8 +355,8 @@ fn set_client_id(headers: &mut http::HeaderMap, peer: Option<&str>) {
 
 const X_WEIR_CLIENT_ID: http::HeaderName = http::HeaderName::from_static("x-weir-client-id");
 
-/// Shapes a request for the app's HTTP/1.1 connection pool: Host carries the original
-/// authority; the URI's authority is only the pool key (the connector always dials the app).
+/// Shapes a request for the app's HTTP/1.1 connection: Host carries the original authority,
+/// the request target is origin-form (`/path?query`).
 fn to_http1<B>(req: &mut Request<B>) {
     headers::ensure_host(req);
     let pq = req
@@ -365,8 +365,6 @@ fn to_http1<B>(req: &mut Request<B>) {
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(Authority::from_static("app"));
     parts.path_and_query = Some(pq);
     if let Ok(uri) = Uri::from_parts(parts) {
         *req.uri_mut() = uri;
