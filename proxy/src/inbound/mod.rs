@@ -142,7 +142,7 @@ impl Inbound {
             }
         };
         let (_, session) = tls.get_ref();
-        let peer: Option<Arc<str>> = tls::peer_id(session.peer_certificates()).map(Arc::from);
+        let peer = tls::peer_id(session.peer_certificates()).map(|id| Arc::new(Peer::new(id)));
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
         match alpn.as_deref() {
             Some(ALPN_H2) => self.serve_http(tls, true, peer, true, remote).await,
@@ -161,7 +161,7 @@ impl Inbound {
         self: &Arc<Self>,
         io: I,
         h2: bool,
-        peer: Option<Arc<str>>,
+        peer: Option<Arc<Peer>>,
         tls: bool,
         remote: Option<SocketAddr>,
     ) where
@@ -218,7 +218,7 @@ impl Inbound {
     async fn proxy(
         &self,
         mut req: Request<Incoming>,
-        peer: Option<&str>,
+        peer: Option<&Peer>,
         tls: bool,
         remote: Option<SocketAddr>,
     ) -> Response<ProxyBody> {
@@ -237,7 +237,7 @@ impl Inbound {
         };
         let span = self.tracing.server(&req, sampling, remote);
         let mut trace = None;
-        let (mut rsp, error) = match self.admit(peer) {
+        let (mut rsp, error) = match self.admit(peer.map(|p| &*p.id)) {
             Ok(()) => {
                 set_client_id(req.headers_mut(), peer);
                 self.tracing.forward(&span, req.headers_mut());
@@ -344,12 +344,35 @@ enum Refused {
     RateLimited(Duration),
 }
 
+/// The caller an mTLS handshake proved, made once per connection.
+struct Peer {
+    /// Its SPIFFE id.
+    id: Box<str>,
+    /// The same as the `x-weir-client-id` value the app gets: built here, so each request
+    /// costs a reference count instead of a copy and a validation.
+    header: Option<http::HeaderValue>,
+}
+
+impl Peer {
+    fn new(id: String) -> Peer {
+        let header = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(id.clone())).ok();
+        Peer {
+            id: id.into_boxed_str(),
+            header,
+        }
+    }
+}
+
 /// Tells the app who called: the SPIFFE id the mTLS handshake proved. Whatever a caller
 /// wrote there itself is removed, so the header can be trusted.
-fn set_client_id(headers: &mut http::HeaderMap, peer: Option<&str>) {
-    headers.remove(X_WEIR_CLIENT_ID);
-    if let Some(v) = peer.and_then(|p| http::HeaderValue::from_str(p).ok()) {
-        headers.insert(X_WEIR_CLIENT_ID, v);
+fn set_client_id(headers: &mut http::HeaderMap, peer: Option<&Peer>) {
+    match peer.and_then(|p| p.header.clone()) {
+        Some(v) => {
+            headers.insert(X_WEIR_CLIENT_ID, v);
+        }
+        None => {
+            headers.remove(X_WEIR_CLIENT_ID);
+        }
     }
 }
 
@@ -370,4 +393,28 @@ fn to_http1<B>(req: &mut Request<B>) {
         *req.uri_mut() = uri;
     }
     *req.version_mut() = Version::HTTP_11;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_id_is_the_proven_peer_and_never_what_the_caller_wrote() {
+        let spoofed = || {
+            let mut h = http::HeaderMap::new();
+            h.append(X_WEIR_CLIENT_ID, "spiffe://evil/ns/x/sa/a".parse().unwrap());
+            h.append(X_WEIR_CLIENT_ID, "spiffe://evil/ns/x/sa/b".parse().unwrap());
+            h
+        };
+        let mut h = spoofed();
+        set_client_id(&mut h, None);
+        assert!(h.get(X_WEIR_CLIENT_ID).is_none());
+
+        let peer = Peer::new("spiffe://weir.local/ns/shop/sa/orders".to_owned());
+        let mut h = spoofed();
+        set_client_id(&mut h, Some(&peer));
+        let ids: Vec<_> = h.get_all(X_WEIR_CLIENT_ID).iter().collect();
+        assert_eq!(ids, ["spiffe://weir.local/ns/shop/sa/orders"]);
+    }
 }
