@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +13,9 @@ use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+
+mod common;
+use common::Run;
 
 const CHAIN: &str = include_str!("fixtures/trace_chain_v1.json");
 const FANOUT: &str = include_str!("fixtures/trace_fanout_v1.json");
@@ -123,46 +126,15 @@ impl Drop for Jaeger {
     }
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs the real binary; stdout is a pipe, so the output has no ANSI codes.
 fn weirctl(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let out: Output = Command::new(env!("CARGO_BIN_EXE_weirctl"))
+    Command::new(env!("CARGO_BIN_EXE_weirctl"))
         .args(args)
         .env_remove("WEIR_JAEGER_URL")
         .envs(env.iter().copied())
         .output()
-        .expect("run weirctl");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-impl Run {
-    #[track_caller]
-    fn code(self, code: i32) -> Run {
-        assert_eq!(
-            self.code, code,
-            "stdout: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-
-    /// Every line fits 80 terminal columns (all characters used here are one column wide).
-    #[track_caller]
-    fn fits(self) -> Run {
-        for line in self.stdout.lines() {
-            assert!(line.chars().count() <= 80, "too wide: {line:?}");
-        }
-        self
-    }
+        .expect("run weirctl")
+        .into()
 }
 
 #[test]

@@ -118,3 +118,21 @@ impl Load {
 pub fn failures(samples: &[Sample]) -> Vec<&Sample> {
     samples.iter().filter(|s| s.status != 200).collect()
 }
+
+/// Asserts that every request of a load got a 200 and that the load really ran (more than
+/// `min` requests); `during` names what happened meanwhile, for the failure message.
+pub fn assert_no_failures(samples: &[Sample], min: usize, during: &str) {
+    let failed = failures(samples);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during {during}: {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        samples.len() > min,
+        "the load ran: {} requests",
+        samples.len()
+    );
+}
