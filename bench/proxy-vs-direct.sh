@@ -4,9 +4,11 @@
 #
 #   bench/proxy-vs-direct.sh [SECONDS]     (default 10; needs wrk: apt-get install wrk)
 #
-# The full comparison against nginx, HAProxy and Envoy is the benchmark issue's `bench/run.sh`.
+# The full comparison against nginx, HAProxy and Envoy is `bench/run.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/configs.sh
+source bench/lib/configs.sh
 secs=${1:-10}
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 1; }
 
@@ -24,17 +26,7 @@ lat() { wrk -t1 -c16 -d"${secs}s" --latency "$@" | awk '/ 50%/ {p50=$2} / 99%/ {
 
 start_pair() { # $1 = peer protocol, $2 = port offset
     local o=$2
-    cat >"$work/mesh$o.yaml" <<YAML
-apiVersion: weir/v1
-kind: MeshConfig
-metadata: { name: default }
-spec: { mtls: permissive }
----
-apiVersion: weir/v1
-kind: Endpoints
-metadata: { name: echo, namespace: default }
-spec: { addresses: ["127.0.0.1:$((24143 + o))"] }
-YAML
+    weir_mesh "$work/mesh$o.yaml" $((24143 + o)) 0 default
     taskset -c 1 "$bin/weir-proxy" --service echo --inbound-addr 127.0.0.1:$((24143 + o)) \
         --outbound-addr 127.0.0.1:$((24150 + o)) --admin-addr 127.0.0.1:$((24191 + o)) \
         --app-addr 127.0.0.1:28080 --config "$work/mesh$o.yaml" 2>>"$work/log" &

@@ -200,9 +200,10 @@ static_resources:
 EOF
 }
 
-# weir_mesh FILE INBOUND_PORT MTLS(0|1): MeshConfig + Endpoints for service echo in ns bench.
+# weir_mesh FILE PORT MTLS [NAMESPACE]: the MeshConfig and the callee's Endpoints (namespace
+# bench unless given), with its SPIFFE identity when MTLS is 1.
 weir_mesh() {
-    local f=$1 port=$2 mtls=$3
+    local f=$1 port=$2 mtls=$3 ns=${4:-bench}
     if [[ $mtls == 1 ]]; then
         cat >"$f" <<EOF
 apiVersion: weir/v1
@@ -212,7 +213,7 @@ spec: { mtls: strict }
 ---
 apiVersion: weir/v1
 kind: Endpoints
-metadata: { name: echo, namespace: bench }
+metadata: { name: echo, namespace: $ns }
 spec:
   addresses: ["127.0.0.1:$port"]
   identity: spiffe://weir.local/ns/bench/sa/server
@@ -226,7 +227,7 @@ spec: { mtls: permissive }
 ---
 apiVersion: weir/v1
 kind: Endpoints
-metadata: { name: echo, namespace: bench }
+metadata: { name: echo, namespace: $ns }
 spec: { addresses: ["127.0.0.1:$port"] }
 EOF
     fi
