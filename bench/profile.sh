@@ -93,7 +93,7 @@ import json, sys
 d = json.load(sys.stdin)
 ok = d["statusCodeDistribution"].get("200", 0)
 if ok != int(sys.argv[1]):
-    sys.exit(f"only {ok} of {sys.argv[1]} requests answered 200: {d[\"statusCodeDistribution\"]} {d.get(\"errorDistribution\")}")
+    sys.exit("only %d of %s requests answered 200: %s %s" % (ok, sys.argv[1], d["statusCodeDistribution"], d.get("errorDistribution")))
 ' "$1"
 }
 
@@ -122,9 +122,9 @@ for side in "${sides[@]}"; do
     [[ $side == in ]] && target=$in_pid
     load "$warmup"
     # Zero the counters, count exactly N requests, dump: start-up and idle costs stay out.
-    callgrind_control -z "$target" >/dev/null
+    callgrind_control -z "$target" >/dev/null 2>&1
     load "$requests"
-    callgrind_control -d counted "$target" >/dev/null
+    callgrind_control -d counted "$target" >/dev/null 2>&1
     kill -TERM "$in_pid" "$out_pid"
     wait "$in_pid" "$out_pid" 2>/dev/null || true
     f=$(ls "$work"/cg-"$side".*.1 2>/dev/null | head -n 1)
