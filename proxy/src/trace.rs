@@ -29,7 +29,7 @@
 //! // fault aborts and timeouts):
 //! let call = self.tracing.client_call(&req, &svc.name, snapshot.sampling);
 //! let result = self.mesh_call(snapshot, svc, req, &call).await;
-//! let (_, error) = trace::outcome(&result);
+//! let (_, error) = call.outcome(&result); // trace::outcome, for sampled spans only
 //! let rsp = result.unwrap_or_else(ProxyError::response);
 //! self.tracing.finish_call(call, Some(rsp.status().as_u16()), error);
 //!
@@ -37,7 +37,7 @@
 //! // try's own request right before it is sent; `n` counts from 1:
 //! let span = self.tracing.attempt(call, n, attempt_req.headers_mut());
 //! let (result, endpoint) = self.try_at(backend, attempt_req, …).await;
-//! let (status, error) = trace::outcome(&result);
+//! let (status, error) = span.outcome(&result);
 //! self.tracing.finish_attempt(span, status, error, endpoint); // set_breaker(…) before: optional
 //! ```
 use std::cell::{Cell, RefCell};
@@ -309,6 +309,15 @@ const REASONS: [&str; 12] = [
 // === impl CallTrace, AttemptTrace ===
 
 impl CallTrace {
+    /// [`outcome`], for a call whose span is recorded; an unsampled call skips the header
+    /// lookup (most calls: sampling is a few percent, or no collector at all).
+    pub fn outcome<B>(
+        &self,
+        result: &Result<Response<B>, ProxyError>,
+    ) -> (Option<u16>, Option<&'static str>) {
+        self.0.outcome(result)
+    }
+
     /// The matched route's name, for the span name and `weir.route` (sampled calls only pay).
     #[allow(
         dead_code,
@@ -327,6 +336,14 @@ impl CallTrace {
 }
 
 impl AttemptTrace {
+    /// [`outcome`], for a try whose span is recorded.
+    pub fn outcome<B>(
+        &self,
+        result: &Result<Response<B>, ProxyError>,
+    ) -> (Option<u16>, Option<&'static str>) {
+        self.hop.outcome(result)
+    }
+
     fn finish(
         &mut self,
         status: Option<u16>,
@@ -370,6 +387,16 @@ impl AttemptTrace {
 const CANCELLED: &str = "cancelled";
 
 impl Hop {
+    fn outcome<B>(
+        &self,
+        result: &Result<Response<B>, ProxyError>,
+    ) -> (Option<u16>, Option<&'static str>) {
+        match self {
+            Hop::Sampled(..) => outcome(result),
+            _ => (None, None),
+        }
+    }
+
     /// The sampled span's parts, leaving nothing to record on drop.
     fn take(&mut self) -> Option<(TraceContext, Box<Info>)> {
         match std::mem::replace(self, Hop::Off) {
