@@ -29,16 +29,14 @@
 //! // fault aborts and timeouts):
 //! let call = self.tracing.client_call(&req, &svc.name, snapshot.sampling);
 //! let result = self.mesh_call(snapshot, svc, req, &call).await;
-//! let (_, error) = call.outcome(&result); // trace::outcome, for sampled spans only
+//! self.tracing.finish_call(call, &result);
 //! let rsp = result.unwrap_or_else(ProxyError::response);
-//! self.tracing.finish_call(call, Some(rsp.status().as_u16()), error);
 //!
 //! // every try (also the single try of a call without retries, and an upgrade), on the
 //! // try's own request right before it is sent; `n` counts from 1:
 //! let span = self.tracing.attempt(call, n, attempt_req.headers_mut());
 //! let (result, endpoint) = self.try_at(backend, attempt_req, …).await;
-//! let (status, error) = span.outcome(&result);
-//! self.tracing.finish_attempt(span, status, error, endpoint); // set_breaker(…) before: optional
+//! self.tracing.finish_attempt(span, &result, endpoint); // set_breaker(…) before: optional
 //! ```
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -244,38 +242,40 @@ impl Tracing {
         }
     }
 
-    /// Outbound, when a try ended: with the status of its response head, or the reason it
-    /// failed (`ProxyError::reason`: `connect-failure`, `reset`, `timeout`, ...), and the
-    /// endpoint it went to.
-    pub fn finish_attempt(
+    /// Outbound, when a try ended: its result (see [`outcome`]) and the endpoint it went to.
+    /// Only a sampled try reads the result: most are not, and the read is a header lookup.
+    pub fn finish_attempt<B>(
         &self,
         mut attempt: AttemptTrace,
-        status: Option<u16>,
-        error: Option<&'static str>,
+        result: &Result<Response<B>, ProxyError>,
         peer: Option<SocketAddr>,
     ) {
+        let (status, error) = match attempt.hop {
+            Hop::Sampled(..) => outcome(result),
+            _ => (None, None),
+        };
         attempt.finish(status, error, peer);
     }
 
-    /// Outbound, when the call's response head (the app's, or the proxy's own error) goes
-    /// back to the app. `error` is the proxy's reason when it answered itself.
-    pub fn finish_call(
-        &self,
-        mut call: CallTrace,
-        status: Option<u16>,
-        error: Option<&'static str>,
-    ) {
+    /// Outbound, when the call's response head (the app's, or the proxy's own error answer
+    /// for an `Err`) goes back to the app.
+    pub fn finish_call<B>(&self, mut call: CallTrace, result: &Result<Response<B>, ProxyError>) {
         if let Some((ctx, info)) = call.0.take() {
+            let status = match result {
+                Ok(rsp) => rsp.status(),
+                Err(e) => e.status(),
+            };
+            let (_, error) = outcome(result);
             self.tracer
-                .record(info.record(&ctx, SpanKind::Client, status, error));
+                .record(info.record(&ctx, SpanKind::Client, Some(status.as_u16()), error));
         }
     }
 }
 
-/// The response status and the proxy's reason of a try's (or call's) result, as
-/// `finish_attempt` takes them: an error the proxy answered for, or a response that a proxy
-/// made (`x-weir-error`: a fault abort here, or a refusal by the callee's proxy).
-pub fn outcome<B>(result: &Result<Response<B>, ProxyError>) -> (Option<u16>, Option<&'static str>) {
+/// The response status and the proxy's reason of a try's (or call's) result: an error the
+/// proxy answered for, or a response that a proxy made (`x-weir-error`: a fault abort here,
+/// or a refusal by the callee's proxy).
+fn outcome<B>(result: &Result<Response<B>, ProxyError>) -> (Option<u16>, Option<&'static str>) {
     match result {
         Ok(rsp) => {
             let made_by_proxy = rsp
@@ -309,15 +309,6 @@ const REASONS: [&str; 12] = [
 // === impl CallTrace, AttemptTrace ===
 
 impl CallTrace {
-    /// [`outcome`], for a call whose span is recorded; an unsampled call skips the header
-    /// lookup (most calls: sampling is a few percent, or no collector at all).
-    pub fn outcome<B>(
-        &self,
-        result: &Result<Response<B>, ProxyError>,
-    ) -> (Option<u16>, Option<&'static str>) {
-        self.0.outcome(result)
-    }
-
     /// The matched route's name, for the span name and `weir.route` (sampled calls only pay).
     #[allow(
         dead_code,
@@ -336,14 +327,6 @@ impl CallTrace {
 }
 
 impl AttemptTrace {
-    /// [`outcome`], for a try whose span is recorded.
-    pub fn outcome<B>(
-        &self,
-        result: &Result<Response<B>, ProxyError>,
-    ) -> (Option<u16>, Option<&'static str>) {
-        self.hop.outcome(result)
-    }
-
     fn finish(
         &mut self,
         status: Option<u16>,
@@ -387,16 +370,6 @@ impl AttemptTrace {
 const CANCELLED: &str = "cancelled";
 
 impl Hop {
-    fn outcome<B>(
-        &self,
-        result: &Result<Response<B>, ProxyError>,
-    ) -> (Option<u16>, Option<&'static str>) {
-        match self {
-            Hop::Sampled(..) => outcome(result),
-            _ => (None, None),
-        }
-    }
-
     /// The sampled span's parts, leaving nothing to record on drop.
     fn take(&mut self) -> Option<(TraceContext, Box<Info>)> {
         match std::mem::replace(self, Hop::Off) {

@@ -58,10 +58,8 @@ impl Outbound {
         // Before anything can fail, so a 503 circuit-open or a timeout still gets its span.
         let call = self.tracing.client_call(&req, &svc.name, snapshot.sampling);
         let result = self.mesh_call(snapshot, svc, req, &call).await;
-        let (_, error) = call.outcome(&result);
+        self.tracing.finish_call(call, &result);
         let rsp = result.unwrap_or_else(ProxyError::response);
-        self.tracing
-            .finish_call(call, Some(rsp.status().as_u16()), error);
         m.response(Some(rsp.status().as_u16()), start.elapsed());
         rsp
     }
@@ -88,9 +86,7 @@ impl Outbound {
                 Ok(io) => crate::upgrade::forward_on(io, req, &self.drain).await,
                 Err(e) => Err(e),
             };
-            let (status, error) = span.outcome(&result);
-            self.tracing
-                .finish_attempt(span, status, error, Some(ep.addr));
+            self.tracing.finish_attempt(span, &result, Some(ep.addr));
             return result;
         }
         let policy = &*svc.policy;
@@ -256,8 +252,7 @@ impl Outbound {
         let (result, endpoint) = self
             .try_at(backend, req, limit, connect_timeout, avoid)
             .await;
-        let (status, error) = span.outcome(&result);
-        self.tracing.finish_attempt(span, status, error, endpoint);
+        self.tracing.finish_attempt(span, &result, endpoint);
         (result, endpoint)
     }
 

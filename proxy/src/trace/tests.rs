@@ -47,6 +47,11 @@ fn enabled() -> Tracing {
     Tracing::new(tracer, "catalog")
 }
 
+/// A try's or call's result with a plain 200 answer.
+fn ok() -> Result<Response<()>, ProxyError> {
+    Ok(Response::new(()))
+}
+
 fn request(traceparent: Option<&'static str>) -> Request<()> {
     let mut b = Request::get("/items/7?secret=1").header("host", "catalog:8080");
     if let Some(tp) = traceparent {
@@ -68,8 +73,8 @@ fn disabled_leaves_headers_alone() {
     let attempt = t.attempt(&call, 1, &mut out);
     assert_eq!(&out, req.headers());
     assert_eq!(attempt.span_id(), None);
-    t.finish_attempt(attempt, Some(200), None, None);
-    t.finish_call(call, Some(200), None);
+    t.finish_attempt(attempt, &ok(), None);
+    t.finish_call(call, &ok());
     assert_eq!(t.tracer().dropped() + t.tracer().exported(), 0);
 }
 
@@ -163,6 +168,7 @@ async fn unsampled_hops_do_not_allocate() {
     headers.insert("host", HeaderValue::from_static("catalog"));
     let inherited = request(Some(UNSAMPLED));
     let head = request(None);
+    let ok = ok();
     // Warm the thread's arena and random state.
     let mut out = headers.clone();
     let c = t.client_call(&head, "catalog", 0.0);
@@ -172,8 +178,8 @@ async fn unsampled_hops_do_not_allocate() {
     for _ in 0..1000 {
         let c = t.client_call(&inherited, "catalog", 1.0);
         let a = t.attempt(&c, 1, &mut headers);
-        t.finish_attempt(a, Some(200), None, None);
-        t.finish_call(c, Some(200), None);
+        t.finish_attempt(a, &ok, None);
+        t.finish_call(c, &ok);
     }
     assert_eq!(allocations() - before, 0, "inherited no");
 
@@ -181,8 +187,8 @@ async fn unsampled_hops_do_not_allocate() {
     for _ in 0..1000 {
         let c = t.client_call(&head, "catalog", 0.0);
         let a = t.attempt(&c, 1, &mut headers);
-        t.finish_attempt(a, Some(200), None, None);
-        t.finish_call(c, Some(200), None);
+        t.finish_attempt(a, &ok, None);
+        t.finish_call(c, &ok);
         headers.remove(TRACEPARENT);
     }
     // One arena block (and its shared header) per ARENA_BYTES / 55 values.
@@ -205,7 +211,7 @@ async fn spans_of_abandoned_requests_are_recorded_once() {
     let mut headers = HeaderMap::new();
     // The call's deadline fires while its try is in flight: the try's future is dropped.
     drop(t.attempt(&call, 1, &mut headers));
-    t.finish_call(call, Some(504), Some("timeout"));
+    t.finish_call(call, &Err::<Response<()>, _>(ProxyError::Timeout));
     // The caller hangs up before the app answers.
     drop(t.server(&req, 1.0, None));
     let tr = t.tracer();
