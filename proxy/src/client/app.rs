@@ -264,13 +264,13 @@ mod tests {
     async fn concurrent_requests_open_connections_and_all_come_back() {
         let (addr, conns) = app(16).await;
         let pool = AppPool::new(addr);
-        let held: Vec<_> = futures_join(&pool, 4).await;
+        let held: Vec<_> = send_unread(&pool, 4).await;
         assert_eq!(conns.load(Ordering::SeqCst), 4);
         for rsp in held {
             rsp.into_body().collect().await.unwrap();
         }
         assert_eq!(pool.idle.lock().unwrap().len(), 4);
-        futures_join(&pool, 4).await;
+        send_unread(&pool, 4).await;
         assert_eq!(
             conns.load(Ordering::SeqCst),
             4,
@@ -278,7 +278,7 @@ mod tests {
         );
     }
 
-    async fn futures_join(pool: &Arc<AppPool>, n: usize) -> Vec<Response<ProxyBody>> {
+    async fn send_unread(pool: &Arc<AppPool>, n: usize) -> Vec<Response<ProxyBody>> {
         let mut out = Vec::new();
         // Responses held unread keep their connections busy, so each send needs a new one.
         for _ in 0..n {
