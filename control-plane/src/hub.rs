@@ -258,9 +258,14 @@ fn synthesise(
     view: ServiceView,
     stored: Option<EndpointsSpec>,
 ) -> Option<pb::Document> {
-    let (mut addresses, identity) = match stored {
-        Some(spec) => (spec.addresses, spec.identity.or(view.identity)),
-        None => (Vec::new(), view.identity),
+    let (mut addresses, identity, cluster_ips, ports) = match stored {
+        Some(spec) => (
+            spec.addresses,
+            spec.identity.or(view.identity),
+            spec.cluster_ips,
+            spec.ports,
+        ),
+        None => (Vec::new(), view.identity, Vec::new(), Vec::new()),
     };
     addresses.extend(view.addresses);
     addresses.sort();
@@ -273,6 +278,8 @@ fn synthesise(
         spec: EndpointsSpec {
             addresses,
             identity,
+            cluster_ips,
+            ports,
         },
     });
     // Hellos are checked before they register, so this only guards against a rule change.

@@ -334,6 +334,13 @@ fn invalid_names_mesh_config_and_endpoints() {
         (ep(r#"{ addresses: ["10.0.3.7:0"] }"#), "spec.addresses[0]", "port must not be 0"),
         (ep(r#"{ addresses: ["10.0.3.7:80"], identity: "spiffe://weir.local/payments" }"#), "spec.identity", "must be a SPIFFE id spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>, got \"spiffe://weir.local/payments\""),
         (ep(r#"{ addresses: ["10.0.3.7:80"], identity: "spiffe://weir.local/ns/shop/*" }"#), "spec.identity", "must be a SPIFFE id"),
+        (ep(r#"{ clusterIPs: ["10.96.0.1", "10.96.0.1"] }"#), "spec.clusterIPs[1]", "listed twice"),
+        (ep(r#"{ clusterIPs: ["127.0.0.1"] }"#), "spec.clusterIPs[0]", "routable unicast"),
+        (ep(r#"{ clusterIPs: ["10.96.0.300"] }"#), "spec.clusterIPs[0]", "invalid IP address syntax"),
+        (ep(r#"{ clusterIPs: ["10.96.0.1"], ports: [{ port: 80 }, { port: 80, targetPort: 8080 }] }"#), "spec.ports[1].port", "listed twice"),
+        (ep(r#"{ clusterIPs: ["10.96.0.1"], ports: [{ port: 80, targetPort: 0 }] }"#), "spec.ports[0].targetPort", "1..=65535"),
+        (ep(r#"{ addresses: ["10.0.3.7:80"], ports: [{ port: 80 }] }"#), "spec.ports", "list clusterIPs too"),
+        (ep(r#"{ clusterIPs: ["10.96.0.1"], ports: [{ port: 80, target: 8080 }] }"#), "spec.ports[0].target", "unknown field `target`"),
     ];
     for (text, path, reason) in cases {
         assert_error(text, path, reason);

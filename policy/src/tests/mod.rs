@@ -385,3 +385,23 @@ fn load_paths_reads_files_and_directories() {
 
     assert_eq!(load_paths::<&str>(&[]), Ok(vec![]));
 }
+
+#[test]
+fn endpoints_with_cluster_ips_and_ports() {
+    let text = "apiVersion: weir/v1\nkind: Endpoints\nmetadata: { name: payments, namespace: shop }\nspec:\n  clusterIPs: [\"10.96.0.12\", \"fd00::c\"]\n  ports: [{ port: 80, targetPort: 8080, name: http }, { port: 9090 }]\n";
+    let docs = match parse_str("k8s.yaml", text) {
+        Ok(d) => d,
+        Err(e) => panic!("rejected:\n{e}"),
+    };
+    let Document::Endpoints(ep) = &docs[0] else {
+        panic!("not Endpoints: {docs:?}")
+    };
+    assert!(ep.spec.addresses.is_empty());
+    assert_eq!(ep.spec.cluster_ips.len(), 2);
+    assert_eq!(ep.spec.ports[0].target(), 8080);
+    assert_eq!(ep.spec.ports[1].target(), 9090);
+    // Round trip keeps the YAML names.
+    let json = serde_json::to_string(&docs[0]).unwrap_or_default();
+    assert!(json.contains("\"clusterIPs\""), "{json}");
+    assert!(json.contains("\"targetPort\":8080"), "{json}");
+}
