@@ -89,6 +89,8 @@ pub struct Service {
     pub metrics: Arc<TrafficMetrics>,
     /// Timeouts, retries, bulkhead, breaker and faults for calls to this service.
     pub policy: Arc<CallPolicy>,
+    /// `(port, targetPort)` of its virtual IPs (Endpoints `ports`).
+    pub ports: Vec<(u16, u16)>,
 }
 
 impl Service {
@@ -100,6 +102,11 @@ impl Service {
             .find(|r| r.matches(req))
             .and_then(Route::pick)
             .unwrap_or(&self.own)
+    }
+
+    /// The pod port behind one of the service's declared ports, if it declares it.
+    pub fn target_port(&self, port: u16) -> Option<u16> {
+        self.ports.iter().find(|(p, _)| *p == port).map(|(_, t)| *t)
     }
 }
 
@@ -127,8 +134,20 @@ pub struct Snapshot {
     /// the pod's app port, the endpoint lists the pod's proxy port. Loopback IPs are left out:
     /// they identify no pod.
     by_ip: HashMap<IpAddr, Arc<Service>>,
+    /// Virtual IP:port of a service (Endpoints `clusterIPs` × `ports`) → the service and the
+    /// pod port it lands on.
+    by_vip: HashMap<SocketAddr, (Arc<Service>, u16)>,
+    /// Virtual IPs of services that declare no ports: every port is the same pod port.
+    by_vip_any: HashMap<IpAddr, Arc<Service>>,
     services: Vec<Arc<Service>>,
 }
+
+/// A service's virtual IPs and their `(port, targetPort)`s, while compiling.
+type VirtualIps = (Vec<IpAddr>, Vec<(u16, u16)>);
+
+/// Where a redirected connection goes in the mesh: the service, and the pod port to deliver
+/// to at the callee (`None`: its proxy's `--app-addr`).
+pub type MeshDst<'a> = (&'a Arc<Service>, Option<u16>);
 
 impl Snapshot {
     /// The mesh service a `Host`/`:authority` value names, if any. The port is ignored: a
@@ -156,9 +175,20 @@ impl Snapshot {
         &self.services
     }
 
-    /// The mesh service behind a redirected connection's original destination.
-    pub fn service_for_original_dst(&self, dst: SocketAddr) -> Option<&Arc<Service>> {
-        self.by_addr.get(&dst).or_else(|| self.by_ip.get(&dst.ip()))
+    /// The mesh service behind a redirected connection's original destination, and the pod
+    /// port it was meant for: a virtual IP's `targetPort`, or the port dialled on a pod IP.
+    /// A proxy's own address (an endpoint as listed) names no app port.
+    pub fn service_for_original_dst(&self, dst: SocketAddr) -> Option<MeshDst<'_>> {
+        if let Some(svc) = self.by_addr.get(&dst) {
+            return Some((svc, None));
+        }
+        if let Some((svc, port)) = self.by_vip.get(&dst) {
+            return Some((svc, Some(*port)));
+        }
+        self.by_vip_any
+            .get(&dst.ip())
+            .or_else(|| self.by_ip.get(&dst.ip()))
+            .map(|svc| (svc, Some(dst.port())))
     }
 }
 
@@ -262,6 +292,8 @@ impl ConfigStore {
             by_authority: HashMap::new(),
             by_addr: HashMap::new(),
             by_ip: HashMap::new(),
+            by_vip: HashMap::new(),
+            by_vip_any: HashMap::new(),
             services: Vec::new(),
         };
         ConfigStore {
@@ -329,6 +361,17 @@ impl ConfigStore {
         sources.pushed.as_ref().map_or(0, |p| p.version)
     }
 
+    /// A store for `service` in `namespace` with nothing loaded.
+    #[cfg(test)]
+    pub fn for_test(service: &str, namespace: &str) -> ConfigStore {
+        let local = LocalIdentity {
+            service: service.into(),
+            namespace: namespace.into(),
+            service_account: service.into(),
+        };
+        ConfigStore::new(local, Arc::default(), Vec::new(), Default::default())
+    }
+
     /// Compiles validated documents and swaps them in; returns the new version.
     #[cfg(test)]
     pub fn install_for_test(&self, documents: Vec<Document>) -> u64 {
@@ -351,6 +394,7 @@ impl ConfigStore {
         // endpoints still makes the name a mesh service (answered with `no-endpoints`).
         let mut defs: HashMap<(String, String), (Vec<SocketAddr>, Option<String>)> = HashMap::new();
         let mut policies = HashMap::new();
+        let mut vips: HashMap<(String, String), VirtualIps> = HashMap::new();
         for doc in &documents {
             match doc {
                 Document::MeshConfig(m) => {
@@ -363,6 +407,14 @@ impl ConfigStore {
                         .or_default();
                     def.0.extend(e.spec.addresses.iter().copied());
                     def.1.clone_from(&e.spec.identity);
+                    if !e.spec.cluster_ips.is_empty() {
+                        let ports = e.spec.ports.iter().map(|p| (p.port, p.target()));
+                        let vip = vips
+                            .entry((e.metadata.name.clone(), e.metadata.namespace.clone()))
+                            .or_default();
+                        vip.0.extend(e.spec.cluster_ips.iter().copied());
+                        vip.1.extend(ports);
+                    }
                 }
                 Document::ServicePolicy(p) => {
                     let key = (p.spec.service.clone(), p.metadata.namespace.clone());
@@ -423,6 +475,8 @@ impl ConfigStore {
         let mut by_authority = HashMap::new();
         let mut by_addr = HashMap::new();
         let mut by_ip = HashMap::new();
+        let mut by_vip = HashMap::new();
+        let mut by_vip_any = HashMap::new();
         let mut services = Vec::new();
         let mut keys: Vec<_> = backends.keys().cloned().collect();
         keys.sort();
@@ -455,7 +509,11 @@ impl ConfigStore {
                     self.install_breakers(backend, &namespace, spec, config);
                 }
             }
+            let (cluster_ips, ports) = vips
+                .remove(&(name.clone(), namespace.clone()))
+                .unwrap_or_default();
             let svc = Arc::new(Service {
+                ports,
                 metrics: self
                     .metrics
                     .traffic(Direction::Outbound, &name, Some(&namespace)),
@@ -465,6 +523,14 @@ impl ConfigStore {
                 routes,
                 policy: Arc::new(policy),
             });
+            for &ip in &cluster_ips {
+                if svc.ports.is_empty() {
+                    by_vip_any.insert(ip, svc.clone());
+                }
+                for &(port, target) in &svc.ports {
+                    by_vip.insert(SocketAddr::new(ip, port), (svc.clone(), target));
+                }
+            }
             for ep in &svc.own.endpoints {
                 by_addr.insert(ep.addr, svc.clone());
                 if !ep.addr.ip().is_loopback() {
@@ -492,6 +558,8 @@ impl ConfigStore {
             by_authority,
             by_addr,
             by_ip,
+            by_vip,
+            by_vip_any,
             services,
         }
     }
@@ -642,8 +710,9 @@ mod tests {
         // ...while a redirected connection to any port of an endpoint's IP belongs to it.
         let dst: SocketAddr = "10.0.3.8:9999".parse().expect("addr");
         assert_eq!(
-            snap.service_for_original_dst(dst).map(|s| s.name.as_str()),
-            Some("payments")
+            snap.service_for_original_dst(dst)
+                .map(|(s, port)| (s.name.as_str(), port)),
+            Some(("payments", Some(9999)))
         );
     }
 

@@ -200,7 +200,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         config.clone(),
         creds.clone(),
         metrics.clone(),
-        args.app_addr,
+        inbound::AppTargets::new(
+            args.app_addr,
+            vec![
+                args.inbound_addr.port(),
+                args.outbound_addr.port(),
+                args.admin_addr.port(),
+            ],
+        ),
         detect,
         drain.clone(),
         spans.clone(),

@@ -13,9 +13,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use weir_policy::MtlsMode;
 
+mod targets;
+
 use crate::body::ProxyBody;
-use crate::client::app::{AppError, AppPool};
-use crate::client::h2::H2Slot;
+use crate::client::app::AppError;
 use crate::config::ConfigStore;
 use crate::detect::{Detected, PREAMBLE_LEN, PREAMBLE_MAGIC};
 use crate::drain::Drain;
@@ -26,6 +27,7 @@ use crate::resilience::amplification;
 use crate::server::{DetectSettings, Servers};
 use crate::tls::{self, ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE, CredStore};
 use crate::trace::Tracing;
+pub use targets::{AppTargets, X_WEIR_DST_PORT};
 
 pub struct Inbound {
     config: Arc<ConfigStore>,
@@ -34,9 +36,8 @@ pub struct Inbound {
     /// Requests that came over mTLS, and plaintext ones (only a permissive mesh has those).
     traffic_tls: Arc<TrafficMetrics>,
     traffic_plain: Arc<TrafficMetrics>,
-    app_addr: SocketAddr,
-    app: Arc<AppPool>,
-    app_h2: Arc<H2Slot>,
+    /// `--app-addr` and the other ports of the app callers dial.
+    targets: AppTargets,
     detect: DetectSettings,
     servers: Servers,
     drain: Drain,
@@ -49,7 +50,7 @@ impl Inbound {
         config: Arc<ConfigStore>,
         creds: Arc<CredStore>,
         metrics: Arc<Metrics>,
-        app_addr: SocketAddr,
+        targets: AppTargets,
         detect: DetectSettings,
         drain: Drain,
         tracing: Arc<Tracing>,
@@ -71,9 +72,7 @@ impl Inbound {
             config,
             creds,
             metrics,
-            app_addr,
-            app: AppPool::new(app_addr),
-            app_h2: H2Slot::app(app_addr),
+            targets,
             detect,
             servers: Servers::new(),
             drain,
@@ -110,7 +109,9 @@ impl Inbound {
         match detected {
             Detected::Http1 | Detected::H2 => {
                 let h2 = detected == Detected::H2;
-                self.serve_http(stream, h2, None, false, remote).await;
+                // Redirected by iptables: delivered to the port the client dialled.
+                let port = orig_dst.map(|d| d.port());
+                self.serve_http(stream, h2, None, false, remote, port).await;
             }
             Detected::Preamble => {
                 conns.protocol(Protocol::Opaque);
@@ -145,8 +146,8 @@ impl Inbound {
         let peer = tls::peer_id(session.peer_certificates()).map(|id| Arc::new(Peer::new(id)));
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
         match alpn.as_deref() {
-            Some(ALPN_H2) => self.serve_http(tls, true, peer, true, remote).await,
-            Some(ALPN_HTTP1) => self.serve_http(tls, false, peer, true, remote).await,
+            Some(ALPN_H2) => self.serve_http(tls, true, peer, true, remote, None).await,
+            Some(ALPN_HTTP1) => self.serve_http(tls, false, peer, true, remote, None).await,
             Some(ALPN_OPAQUE) => {
                 self.metrics.inbound_connections.protocol(Protocol::Opaque);
                 self.opaque_with_preamble(tls).await;
@@ -164,6 +165,7 @@ impl Inbound {
         peer: Option<Arc<Peer>>,
         tls: bool,
         remote: Option<SocketAddr>,
+        port: Option<u16>,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -171,7 +173,7 @@ impl Inbound {
         let handle = move |req| {
             let this = this.clone();
             let peer = peer.clone();
-            async move { this.proxy(req, peer.as_deref(), tls, remote).await }
+            async move { this.proxy(req, peer.as_deref(), tls, remote, port).await }
         };
         let conns = &self.metrics.inbound_connections;
         self.servers
@@ -195,16 +197,13 @@ impl Inbound {
     }
 
     /// Delivers an opaque stream to the app: on the original port when one is known, else on
-    /// `--app-addr`. Always on the app's own address, never anywhere else.
+    /// `--app-addr`. Always on the app's own IP, never anywhere else, and never on the
+    /// proxy's own ports.
     async fn opaque<I>(&self, mut io: I, port: u16)
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
-        let target = if port == 0 {
-            self.app_addr
-        } else {
-            SocketAddr::new(self.app_addr.ip(), port)
-        };
+        let target = self.targets.get(Some(port)).addr;
         let result = match crate::client::connect(target).await {
             Ok(mut app) => crate::tcp::splice(&mut io, &mut app).await,
             Err(e) => Err(e),
@@ -214,14 +213,19 @@ impl Inbound {
         }
     }
 
-    /// `peer` is the caller's proven identity, `remote` its socket address.
+    /// `peer` is the caller's proven identity, `remote` its socket address, `conn_port` the
+    /// port a redirected plaintext connection was headed to.
     async fn proxy(
         &self,
         mut req: Request<Incoming>,
         peer: Option<&Peer>,
         tls: bool,
         remote: Option<SocketAddr>,
+        conn_port: Option<u16>,
     ) -> Response<ProxyBody> {
+        // The caller's proxy names the pod port it resolved the call to; the header never
+        // reaches the app.
+        let port = targets::take_dst_port(req.headers_mut()).or(conn_port);
         let traffic = if tls {
             &self.traffic_tls
         } else {
@@ -244,7 +248,7 @@ impl Inbound {
                 // Read now, as the app will see it: the request is gone once it has answered,
                 // and only then is it known whether its trace was marked exhausted meanwhile.
                 trace = crate::trace::trace_id(req.headers());
-                match self.to_app(req).await {
+                match self.to_app(req, port).await {
                     Ok(rsp) => (rsp, None),
                     Err(e) => (e.response(), Some(e.reason())),
                 }
@@ -298,15 +302,21 @@ impl Inbound {
         }
     }
 
-    async fn to_app(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn to_app(
+        &self,
+        mut req: Request<Incoming>,
+        port: Option<u16>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let target = self.targets.get(port);
         if headers::is_upgrade(&req) {
-            return crate::upgrade::forward(self.app_addr, req, &self.drain).await;
+            return crate::upgrade::forward(target.addr, req, &self.drain).await;
         }
         let restore_http1 = req.headers_mut().remove(X_WEIR_ORIG_PROTO).is_some();
         headers::strip_hop_by_hop(req.headers_mut());
         let mut rsp = if restore_http1 || req.version() < Version::HTTP_2 {
             to_http1(&mut req);
-            self.app
+            target
+                .http1
                 .send(req.map(ProxyBody::Incoming))
                 .await
                 .map_err(|e| {
@@ -317,7 +327,7 @@ impl Inbound {
                     }
                 })?
         } else {
-            let mut send = self.app_h2.ready_sender().await.map_err(|e| {
+            let mut send = target.h2.ready_sender().await.map_err(|e| {
                 tracing::debug!(error = %e, "h2 connection to the app failed");
                 ProxyError::ConnectFailure
             })?;

@@ -2,6 +2,7 @@
 //! iptables), get resolved to a mesh service or passed through, and are forwarded.
 mod mesh;
 mod passthrough;
+mod resolve;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::config::ConfigStore;
 use crate::detect::{self, Detected};
 use crate::drain::Drain;
 use crate::errors::ProxyError;
-use crate::headers;
+use crate::inbound::X_WEIR_DST_PORT;
 use crate::metrics::{Direction, Metrics, Protocol, TrafficMetrics};
 use crate::server::{DetectSettings, Servers};
 use crate::tls::{ALPN_OPAQUE, CredStore};
@@ -115,18 +116,23 @@ impl Outbound {
 
     async fn proxy(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         orig_dst: Option<SocketAddr>,
     ) -> Response<ProxyBody> {
         if req.method() == Method::CONNECT {
             return self.tunnel(req).await.unwrap_or_else(ProxyError::response);
         }
         let snapshot = self.config.load();
-        let service = headers::authority(&req)
-            .and_then(|a| snapshot.service_for_authority(a))
-            .or_else(|| orig_dst.and_then(|d| snapshot.service_for_original_dst(d)));
-        match service {
-            Some(svc) => self.to_mesh(&snapshot, svc, req).await,
+        // Only this proxy says which pod port a call is for; an app cannot pick one.
+        req.headers_mut().remove(X_WEIR_DST_PORT);
+        match resolve::resolve(&snapshot, &req, orig_dst) {
+            Some((svc, port)) => {
+                if let Some(port) = port {
+                    req.headers_mut()
+                        .insert(X_WEIR_DST_PORT, http::HeaderValue::from(port));
+                }
+                self.to_mesh(&snapshot, svc, req).await
+            }
             None => self.to_passthrough(req, orig_dst).await,
         }
     }
@@ -141,7 +147,7 @@ impl Outbound {
         };
         let snapshot = self.config.load();
         let result = match snapshot.service_for_original_dst(dst) {
-            Some(svc) => {
+            Some((svc, port)) => {
                 if !self.may_reach_mesh(&snapshot) {
                     tracing::debug!(%dst, "opaque connection to a mesh service refused: mtls is strict and this proxy has no identity");
                     return;
@@ -150,7 +156,8 @@ impl Outbound {
                 let identity = svc.own.identity.as_deref();
                 match self.connect_peer(ep.addr, identity, ALPN_OPAQUE).await {
                     Ok(mut up) => {
-                        let preamble = detect::preamble(dst.port());
+                        // 0: the callee's `--app-addr`.
+                        let preamble = detect::preamble(port.unwrap_or(0));
                         crate::tcp::splice_with_preamble(&mut stream, &mut up, &preamble).await
                     }
                     Err(e) => Err(std::io::Error::other(e.reason())),
