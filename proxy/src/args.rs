@@ -24,7 +24,60 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the proxy (the default when no subcommand is given).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Write the pod's iptables nat rules that send its TCP through the proxy (init container).
+    Init(InitArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InitArgs {
+    /// Port of the proxy's inbound listener; redirected inbound TCP goes there.
+    #[arg(long, env = "WEIR_INBOUND_PORT", default_value_t = 4143, value_parser = clap::value_parser!(u16).range(1..))]
+    pub inbound_port: u16,
+    /// Port of the proxy's outbound listener; redirected outbound TCP goes there.
+    #[arg(long, env = "WEIR_OUTBOUND_PORT", default_value_t = 4140, value_parser = clap::value_parser!(u16).range(1..))]
+    pub outbound_port: u16,
+    /// The proxy's uid: its own connections are never redirected (no loop).
+    #[arg(long, env = "WEIR_PROXY_UID", default_value_t = 2102)]
+    pub proxy_uid: u32,
+    /// Inbound ports that reach the pod directly (the inbound port itself always does).
+    #[arg(
+        long,
+        env = "WEIR_SKIP_INBOUND_PORTS",
+        value_delimiter = ',',
+        value_parser = clap::value_parser!(u16).range(1..),
+        default_value = "4191"
+    )]
+    pub skip_inbound_ports: Vec<u16>,
+    /// Outbound ports that leave the pod directly.
+    #[arg(
+        long,
+        env = "WEIR_SKIP_OUTBOUND_PORTS",
+        value_delimiter = ',',
+        value_parser = clap::value_parser!(u16).range(1..),
+        default_value = "8090"
+    )]
+    pub skip_outbound_ports: Vec<u16>,
+    /// Redirect only these inbound ports (default: all).
+    #[arg(long, env = "WEIR_INBOUND_PORTS", value_delimiter = ',',
+        value_parser = clap::value_parser!(u16).range(1..))]
+    pub inbound_ports: Vec<u16>,
+    /// Redirect only these outbound ports (default: all).
+    #[arg(long, env = "WEIR_OUTBOUND_PORTS", value_delimiter = ',',
+        value_parser = clap::value_parser!(u16).range(1..))]
+    pub outbound_ports: Vec<u16>,
+    /// auto (the backend that already holds the node's rules), legacy or nft.
+    #[arg(long, env = "WEIR_IPTABLES_MODE")]
+    pub iptables_mode: Option<String>,
+    /// Do not write ip6tables rules even where the pod has IPv6.
+    #[arg(long, env = "WEIR_NO_IPV6")]
+    pub no_ipv6: bool,
+    /// Remove exactly Weir's chains and jumps.
+    #[arg(long)]
+    pub cleanup: bool,
+    /// Print the iptables-restore input instead of applying it.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug, Clone)]

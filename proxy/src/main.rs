@@ -10,6 +10,7 @@ mod drain;
 mod errors;
 mod headers;
 mod inbound;
+mod init;
 mod jitter;
 mod metrics;
 mod orig_dst;
@@ -40,7 +41,16 @@ use crate::metrics::Metrics;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Run(a)) => a,
+        Some(Command::Run(a)) => *a,
+        Some(Command::Init(a)) => {
+            return match init::run(&a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: weir-proxy init: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         None => cli.run,
     };
     tracing_subscriber::fmt()
