@@ -51,7 +51,7 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
             rules::restore_input(&plan, family, &missing)
         };
         if args.dry_run {
-            println!("# {} --noflush", backend.restore(family));
+            println!("# {} --noflush -w 30", backend.restore(family));
             print!("{input}");
             continue;
         }
@@ -130,9 +130,11 @@ impl Backend {
     }
 
     fn restore_input(&self, family: Family, input: &str) -> anyhow::Result<()> {
-        let cmd = format!("{} --noflush", self.restore(family));
+        // -w: legacy iptables takes the node-wide xtables lock; wait for it rather than fail
+        // when another pod's init container holds it.
+        let cmd = format!("{} --noflush -w 30", self.restore(family));
         let mut child = Command::new(self.restore(family))
-            .arg("--noflush")
+            .args(["--noflush", "-w", "30"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
