@@ -119,13 +119,7 @@ impl Backend {
             .args(["-t", "nat"])
             .output()
             .with_context(|| format!("cannot run `{cmd}`"))?;
-        if !out.status.success() {
-            bail!(
-                "`{cmd}` failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        succeeded(&cmd, &out, "")?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -148,15 +142,20 @@ impl Backend {
         let out = child
             .wait_with_output()
             .with_context(|| format!("waiting for `{cmd}`"))?;
-        if !out.status.success() {
-            bail!(
-                "`{cmd}` failed ({}): {}\ninput was:\n{input}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        succeeded(&cmd, &out, &format!("\ninput was:\n{input}"))
     }
+}
+
+/// A failed command is reported with the command line, its exit status and its stderr.
+fn succeeded(cmd: &str, out: &std::process::Output, extra: &str) -> anyhow::Result<()> {
+    if !out.status.success() {
+        bail!(
+            "`{cmd}` failed ({}): {}{extra}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 fn which(tool: &str) -> bool {
