@@ -9,6 +9,10 @@ use anyhow::{Context, bail};
 use crate::args::InitArgs;
 use rules::{Family, INBOUND_CHAIN, OUTBOUND_CHAIN, Plan};
 
+/// `iptables-restore` flags: keep the tables' other rules; `-w`: legacy iptables takes the
+/// node-wide xtables lock, so wait for it rather than fail when another pod's init holds it.
+const RESTORE_ARGS: [&str; 3] = ["--noflush", "-w", "30"];
+
 pub fn run(args: &InitArgs) -> anyhow::Result<()> {
     let plan = Plan {
         inbound_port: args.inbound_port,
@@ -33,15 +37,16 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
         };
         let present: Vec<_> = rules::jumps()
             .into_iter()
-            .filter(|(chain, spec)| saved.lines().any(|l| l == format!("-A {chain} {spec}")))
+            .filter(|(chain, spec)| {
+                let line = format!("-A {chain} {spec}");
+                saved.lines().any(|l| l == line)
+            })
             .collect();
         let input = if args.cleanup {
+            let declared = [INBOUND_CHAIN, OUTBOUND_CHAIN].map(|c| format!(":{c} "));
             let chains = saved
                 .lines()
-                .any(|l| l.starts_with(&format!(":{INBOUND_CHAIN} ")))
-                || saved
-                    .lines()
-                    .any(|l| l.starts_with(&format!(":{OUTBOUND_CHAIN} ")));
+                .any(|l| declared.iter().any(|d| l.starts_with(d.as_str())));
             rules::cleanup_input(&present, chains)
         } else {
             let missing: Vec<_> = rules::jumps()
@@ -51,7 +56,7 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
             rules::restore_input(&plan, family, &missing)
         };
         if args.dry_run {
-            println!("# {} --noflush -w 30", backend.restore(family));
+            println!("# {} {}", backend.restore(family), RESTORE_ARGS.join(" "));
             print!("{input}");
             continue;
         }
@@ -124,11 +129,9 @@ impl Backend {
     }
 
     fn restore_input(&self, family: Family, input: &str) -> anyhow::Result<()> {
-        // -w: legacy iptables takes the node-wide xtables lock; wait for it rather than fail
-        // when another pod's init container holds it.
-        let cmd = format!("{} --noflush -w 30", self.restore(family));
+        let cmd = format!("{} {}", self.restore(family), RESTORE_ARGS.join(" "));
         let mut child = Command::new(self.restore(family))
-            .args(["--noflush", "-w", "30"])
+            .args(RESTORE_ARGS)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
