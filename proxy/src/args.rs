@@ -27,6 +27,18 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Write the pod's iptables nat rules that send its TCP through the proxy (init container).
     Init(InitArgs),
+    /// Wait until the proxy's admin /ready answers 200 (postStart hook of a legacy sidecar).
+    Wait(WaitArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WaitArgs {
+    /// The proxy's admin listener (a wildcard address is dialled on loopback).
+    #[arg(long, env = "WEIR_ADMIN_ADDR", default_value = "127.0.0.1:4191")]
+    pub admin_addr: SocketAddr,
+    /// Give up, exiting non-zero, after this long.
+    #[arg(long, env = "WEIR_WAIT_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Args, Debug, Clone)]

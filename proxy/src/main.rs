@@ -22,6 +22,7 @@ mod tcp;
 mod tls;
 mod trace;
 mod upgrade;
+mod wait;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -38,19 +39,23 @@ use crate::config::{ConfigStore, LocalIdentity};
 use crate::drain::Drain;
 use crate::metrics::Metrics;
 
+/// Exit status of a one-shot subcommand, its error on stderr.
+fn exit_status(what: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: weir-proxy {what}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Run(a)) => *a,
-        Some(Command::Init(a)) => {
-            return match init::run(&a) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: weir-proxy init: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        Some(Command::Init(a)) => return exit_status("init", init::run(&a)),
+        Some(Command::Wait(a)) => return exit_status("wait", wait::run(&a)),
         None => cli.run,
     };
     tracing_subscriber::fmt()
