@@ -149,6 +149,14 @@ type VirtualIps = (Vec<IpAddr>, Vec<(u16, u16)>);
 /// to at the callee (`None`: its proxy's `--app-addr`).
 pub type MeshDst<'a> = (&'a Arc<Service>, Option<u16>);
 
+impl Service {
+    /// Whether the mesh can carry a call to it: it has endpoints, or a route that sends calls
+    /// elsewhere.
+    pub fn reachable(&self) -> bool {
+        !self.own.endpoints.is_empty() || !self.routes.is_empty()
+    }
+}
+
 impl Snapshot {
     /// The mesh service a `Host`/`:authority` value names, if any. The port is ignored: a
     /// service is addressed by name, its endpoints say where it listens.
@@ -182,13 +190,20 @@ impl Snapshot {
         if let Some(svc) = self.by_addr.get(&dst) {
             return Some((svc, None));
         }
-        if let Some((svc, port)) = self.by_vip.get(&dst) {
-            return Some((svc, Some(*port)));
+        let vip = match self.by_vip.get(&dst) {
+            Some((svc, port)) => Some((svc, Some(*port))),
+            None => self
+                .by_vip_any
+                .get(&dst.ip())
+                .map(|svc| (svc, Some(dst.port()))),
+        };
+        if let Some((svc, port)) = vip {
+            // A Service whose pods are not meshed (none has registered) and that no route sends
+            // elsewhere: its cluster IP still works, so the call goes where the app sent it
+            // rather than failing with no-endpoints.
+            return svc.reachable().then_some((svc, port));
         }
-        self.by_vip_any
-            .get(&dst.ip())
-            .or_else(|| self.by_ip.get(&dst.ip()))
-            .map(|svc| (svc, Some(dst.port())))
+        self.by_ip.get(&dst.ip()).map(|svc| (svc, Some(dst.port())))
     }
 }
 

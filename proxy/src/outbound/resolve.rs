@@ -12,7 +12,9 @@ use crate::headers;
 /// The `Host` wins when it names a service (the app said who it calls); the original
 /// destination of a redirected connection says which port, when it belongs to the same
 /// service, else a port the service declares for the `Host`'s port. Without a `Host` naming a
-/// service, the original destination alone decides (pod IPs and cluster IPs, any port).
+/// service, the original destination alone decides (pod IPs and cluster IPs, any port). A
+/// redirected call to a service the mesh cannot reach (no endpoints, no routes) is not the
+/// mesh's: it passes through to its original destination.
 pub(super) fn resolve<'s, B>(
     snapshot: &'s Snapshot,
     req: &Request<B>,
@@ -25,6 +27,10 @@ pub(super) fn resolve<'s, B>(
     let Some(svc) = snapshot.service_for_authority(authority) else {
         return by_dst;
     };
+    if orig_dst.is_some() && !svc.reachable() {
+        // Redirected to a Service no meshed pod serves: where the app was headed still works.
+        return by_dst;
+    }
     let port = match by_dst {
         Some((s, port)) if Arc::ptr_eq(s, svc) => port,
         _ => authority_port(authority).and_then(|p| svc.target_port(p)),
@@ -61,6 +67,13 @@ metadata: { name: catalog, namespace: shop }
 spec:
   addresses: ["10.0.4.1:4143"]
   clusterIPs: ["10.96.0.13"]
+---
+apiVersion: weir/v1
+kind: Endpoints
+metadata: { name: legacy, namespace: shop }
+spec:
+  clusterIPs: ["10.96.0.14"]
+  ports: [{ port: 80, targetPort: 8080 }]
 "#;
 
     fn snapshot() -> Arc<Snapshot> {
@@ -157,6 +170,21 @@ spec:
         assert_eq!(
             resolved(&snap, Some("example.com"), dst("10.96.0.13:8080")),
             some("catalog", Some(8080))
+        );
+    }
+
+    #[test]
+    fn a_service_no_meshed_pod_serves_passes_through_when_redirected() {
+        let snap = snapshot();
+        assert_eq!(resolved(&snap, None, dst("10.96.0.14:80")), None);
+        assert_eq!(
+            resolved(&snap, Some("legacy.shop"), dst("10.96.0.14:80")),
+            None
+        );
+        // Explicit mode has no original destination to fall back to: the mesh answers.
+        assert_eq!(
+            resolved(&snap, Some("legacy.shop"), None),
+            Some(("legacy".to_owned(), None))
         );
     }
 
