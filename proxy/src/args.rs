@@ -199,6 +199,12 @@ pub struct RunArgs {
     )]
     pub opaque_ports: Vec<u16>,
 
+    /// The kubelet's HTTP probes of the app, as PORT/PATH (e.g. 8080/healthz), comma-separated:
+    /// allowed in plaintext (GET/HEAD of exactly that path) even when mTLS is strict.
+    /// `weirctl inject` writes them from the pod's probes.
+    #[arg(long, env = "WEIR_PROBE_PATHS", value_delimiter = ',')]
+    pub probe_paths: Vec<String>,
+
     /// This pod's name, exported as the `k8s.pod.name` of its spans (Kubernetes: from the
     /// downward API). Falls back to `POD_NAME`. Spans go to `OTEL_EXPORTER_OTLP_ENDPOINT`.
     #[arg(long, env = "WEIR_POD_NAME")]

@@ -211,6 +211,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         drain.clone(),
         spans.clone(),
     );
+    let probes = inbound::Probes::parse(&args.probe_paths)
+        .map_err(|e| anyhow::anyhow!("--probe-paths: {e}"))?;
     let inbound = inbound::Inbound::new(
         config.clone(),
         creds.clone(),
@@ -222,7 +224,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 args.outbound_addr.port(),
                 args.admin_addr.port(),
             ],
-        ),
+        )
+        .with_probes(probes),
         detect,
         drain.clone(),
         spans.clone(),

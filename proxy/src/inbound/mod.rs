@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use weir_policy::MtlsMode;
 
+mod probes;
 mod targets;
 
 use crate::body::ProxyBody;
@@ -27,6 +28,7 @@ use crate::resilience::amplification;
 use crate::server::{DetectSettings, Servers};
 use crate::tls::{self, ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE, CredStore};
 use crate::trace::Tracing;
+pub use probes::Probes;
 pub use targets::{AppTargets, X_WEIR_DST_PORT};
 
 pub struct Inbound {
@@ -100,7 +102,9 @@ impl Inbound {
         if detected == Detected::Tls {
             return self.tls_connection(stream, remote).await;
         }
-        if self.config.peek(|s| s.mtls == MtlsMode::Strict) {
+        let probe_port =
+            detected == Detected::Http1 && self.targets.probes.has_port(orig_dst.map(|d| d.port()));
+        if !probe_port && self.config.peek(|s| s.mtls == MtlsMode::Strict) {
             self.metrics.inbound_refused.fetch_add(1, Relaxed);
             tracing::debug!("inbound plaintext connection refused: mtls is strict");
             return;
@@ -225,7 +229,14 @@ impl Inbound {
     ) -> Response<ProxyBody> {
         // The caller's proxy names the pod port it resolved the call to; the header never
         // reaches the app.
-        let port = targets::take_dst_port(req.headers_mut()).or(conn_port);
+        let named_port = targets::take_dst_port(req.headers_mut());
+        let probe = !tls && self.targets.probes.allows(conn_port, &req);
+        // A probe goes to the port the kubelet dialled, whatever the request says.
+        let port = if probe {
+            conn_port
+        } else {
+            named_port.or(conn_port)
+        };
         let traffic = if tls {
             &self.traffic_tls
         } else {
@@ -241,7 +252,21 @@ impl Inbound {
         };
         let span = self.tracing.server(&req, sampling, remote);
         let mut trace = None;
-        let (mut rsp, error) = match self.admit(peer.map(|p| &*p.id)) {
+        // Plaintext: a declared kubelet probe needs no identity; anything else on a probe port
+        // of a strict mesh is refused like a plaintext connection would have been.
+        let admitted = if tls {
+            self.admit(peer.map(|p| &*p.id))
+        } else if probe {
+            Ok(())
+        } else if self.config.peek(|s| s.mtls == MtlsMode::Strict) {
+            tracing::debug!(
+                "plaintext request refused: mtls is strict and it is no declared probe"
+            );
+            Err(Refused::Error(ProxyError::Unauthorized))
+        } else {
+            self.admit(peer.map(|p| &*p.id))
+        };
+        let (mut rsp, error) = match admitted {
             Ok(()) => {
                 set_client_id(req.headers_mut(), peer);
                 self.tracing.forward(&span, req.headers_mut());

@@ -59,6 +59,8 @@ pub struct AppTargets {
     /// The proxy's own listener ports: a request naming one goes to `--app-addr` instead of
     /// looping back into the proxy.
     own_ports: Vec<u16>,
+    /// The kubelet's probes, allowed in plaintext under strict mTLS.
+    pub probes: super::probes::Probes,
 }
 
 impl AppTargets {
@@ -67,7 +69,13 @@ impl AppTargets {
             default: AppTarget::new(app_addr),
             others: ArcSwap::from_pointee(HashMap::new()),
             own_ports,
+            probes: super::probes::Probes::default(),
         }
+    }
+
+    pub fn with_probes(mut self, probes: super::probes::Probes) -> AppTargets {
+        self.probes = probes;
+        self
     }
 
     /// The target for `port` (`None`: the caller named none).
