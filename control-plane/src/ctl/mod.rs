@@ -6,10 +6,11 @@
 //! Layout: `client` connects and explains gRPC errors, `output` formats tables and documents,
 //! `policy` holds the commands on stored documents (apply, get, delete, diff, history, rollback),
 //! `mesh` the ones about the running mesh (status, endpoints, version) and `tokens` the
-//! workload tokens (token create, list, revoke).
+//! workload tokens (token create, list, revoke). `inject` rewrites Kubernetes manifests offline.
 
 mod ca;
 mod client;
+pub mod inject;
 mod mesh;
 pub mod output;
 mod policy;
@@ -181,6 +182,39 @@ pub enum Command {
     },
     /// Show a trace from Jaeger as a waterfall, or list a service's recent traces.
     Trace(TraceArgs),
+    /// Add the Weir proxy to the pods of Kubernetes manifests; prints the result.
+    ///
+    /// Rewrites every Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob and Pod
+    /// (also inside a `List`) and prints every other document unchanged. The pods get the
+    /// `weir-init` iptables init container and the proxy as a native sidecar (Kubernetes
+    /// 1.29+); app containers are not changed. Injecting injected output changes nothing.
+    /// Annotations (weir.dev/inject: disabled, weir.dev/skip-inbound-ports, ...) are described
+    /// in deploy/README.md. Works offline: no control plane is contacted.
+    ///
+    /// Example: kubectl get deploy -o yaml | weirctl inject -f - | kubectl apply -f -
+    Inject {
+        #[arg(
+            short = 'f',
+            long = "filename",
+            required = true,
+            value_name = "FILE|DIR|-"
+        )]
+        files: Vec<PathBuf>,
+        /// The proxy as the first regular container with a postStart hook that waits for it,
+        /// for clusters older than 1.29 (no native sidecars).
+        #[arg(long)]
+        legacy_sidecar: bool,
+    },
+    /// Remove what `weirctl inject` added, restoring the manifests it was given.
+    Uninject {
+        #[arg(
+            short = 'f',
+            long = "filename",
+            required = true,
+            value_name = "FILE|DIR|-"
+        )]
+        files: Vec<PathBuf>,
+    },
     /// Print the client and server versions.
     Version,
 }
@@ -371,6 +405,16 @@ async fn dispatch(cli: Cli) -> Outcome {
         Command::Ca { command } => ca::run(&target()?, command).await,
         Command::Version => mesh::version(&target()?).await,
         Command::Trace(args) => trace::run(args).await,
+        Command::Inject {
+            files,
+            legacy_sidecar,
+        } => inject::run(
+            &files,
+            inject::Mode::Inject {
+                legacy: legacy_sidecar,
+            },
+        ),
+        Command::Uninject { files } => inject::run(&files, inject::Mode::Uninject),
     }
 }
 
