@@ -31,7 +31,10 @@ impl Merged {
     /// Adds `metadata.<what>` of one level (`prefix` is that metadata's field path); later
     /// levels override earlier ones.
     pub fn add(&mut self, metadata: Option<&Value>, what: &str, prefix: &str) {
-        let Some(map) = metadata.and_then(|m| m.get(what)).and_then(Value::as_mapping) else {
+        let Some(map) = metadata
+            .and_then(|m| m.get(what))
+            .and_then(Value::as_mapping)
+        else {
             return;
         };
         for (key, value) in map {
@@ -108,9 +111,9 @@ impl Settings {
             .to_string();
         let ports = |key: &str| match annotations.get(key) {
             None => Ok(Vec::new()),
-            Some(text) => port_list(text).map_err(|reason| {
-                FieldError::new(&annotations.field(key), reason)
-            }),
+            Some(text) => {
+                port_list(text).map_err(|reason| FieldError::new(&annotations.field(key), reason))
+            }
         };
         let image = |key: &str| -> Result<Option<String>, FieldError> {
             match annotations.get(key) {
@@ -193,7 +196,11 @@ mod tests {
         let mut meta = Mapping::new();
         meta.insert("annotations".into(), Value::Mapping(map));
         let mut merged = Merged::default();
-        merged.add(Some(&Value::Mapping(meta)), "annotations", "spec.template.metadata");
+        merged.add(
+            Some(&Value::Mapping(meta)),
+            "annotations",
+            "spec.template.metadata",
+        );
         merged
     }
 
@@ -214,8 +221,8 @@ mod tests {
         let settings = Settings::parse(&annotations, &label_set, Some("name"), "metadata.name")
             .expect("valid");
         assert_eq!(settings.service, "web");
-        let settings = Settings::parse(&annotations, &Merged::default(), Some("name"), "")
-            .expect("valid");
+        let settings =
+            Settings::parse(&annotations, &Merged::default(), Some("name"), "").expect("valid");
         assert_eq!(settings.service, "name");
         let with = merged(&[(SERVICE, "pay"), (SKIP_INBOUND, "9090, 8443,9090")]);
         let settings = Settings::parse(&with, &label_set, Some("name"), "").expect("valid");

@@ -9,7 +9,12 @@ use super::yaml;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const INIT_NAME: &str = "weir-init";
 pub const PROXY_NAME: &str = "weir-proxy";
-pub const VOLUMES: [&str; 4] = ["weir-token", "weir-trust", "weir-cache", "weir-xtables-lock"];
+pub const VOLUMES: [&str; 4] = [
+    "weir-token",
+    "weir-trust",
+    "weir-cache",
+    "weir-xtables-lock",
+];
 
 pub const PROXY_UID: u16 = 2102;
 pub const INBOUND_PORT: u16 = 4143;
@@ -148,7 +153,10 @@ fn join_ports(ports: &[u16]) -> String {
 pub fn init_container(settings: &Settings) -> Value {
     let mut container = template(INIT);
     if let Value::Mapping(map) = &mut container {
-        let image = settings.init_image.clone().unwrap_or_else(|| image("weir-init"));
+        let image = settings
+            .init_image
+            .clone()
+            .unwrap_or_else(|| image("weir-init"));
         map.insert("image".into(), Value::from(image));
         let args = init_args(settings).into_iter().map(Value::from).collect();
         map.insert("args".into(), Value::Sequence(args));
@@ -175,7 +183,10 @@ pub fn proxy_container(
     let Value::Mapping(map) = &mut container else {
         return container;
     };
-    let image = settings.proxy_image.clone().unwrap_or_else(|| image("weir"));
+    let image = settings
+        .proxy_image
+        .clone()
+        .unwrap_or_else(|| image("weir"));
     map.insert("image".into(), Value::from(image));
     if let Some(Value::Sequence(env)) = map.get_mut("env") {
         for var in env.iter_mut() {
@@ -250,9 +261,18 @@ mod tests {
         assert_eq!(
             init_args(&settings()),
             [
-                "--proxy-uid", "2102", "--inbound-port", "4143", "--outbound-port", "4140",
-                "--skip-inbound-ports", "4191,9090", "--skip-outbound-ports", "8090,5432",
-                "--outbound-ports", "443,80",
+                "--proxy-uid",
+                "2102",
+                "--inbound-port",
+                "4143",
+                "--outbound-port",
+                "4140",
+                "--skip-inbound-ports",
+                "4191,9090",
+                "--skip-outbound-ports",
+                "8090,5432",
+                "--outbound-ports",
+                "443,80",
             ]
         );
         let init = init_container(&settings());
@@ -273,11 +293,14 @@ mod tests {
         let paths = vec!["8080/healthz".to_string()];
         let proxy = proxy_container(&settings(), "25s", &paths, false);
         assert_eq!(proxy["restartPolicy"], Value::from("Always"));
-        assert_eq!(proxy["image"], Value::from(format!("ghcr.io/weir-dev/weir:{VERSION}")));
+        assert_eq!(
+            proxy["image"],
+            Value::from(format!("ghcr.io/weir-dev/weir:{VERSION}"))
+        );
         let env = proxy["env"].as_sequence().expect("env");
         let value = |name: &str| {
             env.iter()
-                .find(|v| v["name"] == Value::from(name))
+                .find(|v| v["name"] == name)
                 .map(|v| v["value"].clone())
         };
         assert_eq!(value("WEIR_SERVICE"), Some("web".into()));
@@ -294,7 +317,7 @@ mod tests {
                 .as_sequence()
                 .expect("env")
                 .iter()
-                .any(|v| v["name"] == Value::from("WEIR_PROBE_PATHS"))
+                .any(|v| v["name"] == "WEIR_PROBE_PATHS")
         );
     }
 }

@@ -155,7 +155,12 @@ pub fn mapping_at<'a>(
                     format!("expected a mapping, got {}", describe(other)),
                 ));
             }
-            None => return Err(FieldError::new(&field, "missing (a pod template is required)")),
+            None => {
+                return Err(FieldError::new(
+                    &field,
+                    "missing (a pod template is required)",
+                ));
+            }
         };
     }
     Ok(current)

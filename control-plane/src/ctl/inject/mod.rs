@@ -30,7 +30,9 @@ pub use yaml::{emit_all, load_all};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// `legacy`: the proxy as a regular container for clusters older than 1.29.
-    Inject { legacy: bool },
+    Inject {
+        legacy: bool,
+    },
     Uninject,
 }
 
@@ -203,7 +205,12 @@ fn rewrite(
     };
     if let Some(items) = documents::list_items(map) {
         for (i, item) in items.iter_mut().enumerate() {
-            rewrite(item, &format!("{}[{i}]", join(field, "items")), mode, warnings)?;
+            rewrite(
+                item,
+                &format!("{}[{i}]", join(field, "items")),
+                mode,
+                warnings,
+            )?;
         }
         return Ok(());
     }
@@ -250,7 +257,8 @@ fn rewrite(
         Mode::Inject { legacy } => {
             let outcome = pod::inject(template, &settings, legacy, &template_field, &mut notes)
                 .map_err(fail)?;
-            let runs_to_completion = path.len() > 2 || label.as_deref().is_some_and(|l| l.starts_with("Job "));
+            let runs_to_completion =
+                path.len() > 2 || label.as_deref().is_some_and(|l| l.starts_with("Job "));
             if legacy && runs_to_completion && outcome == pod::Outcome::Changed {
                 notes.push(
                     "with --legacy-sidecar the proxy keeps running after the job's containers \

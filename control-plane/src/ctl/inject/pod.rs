@@ -202,7 +202,9 @@ fn check_conflicts(spec: &Mapping, spec_field: &str) -> Result<(), FieldError> {
                 {
                     return Err(FieldError::new(
                         &format!("{field}.ports[{j}].containerPort"),
-                        format!("port {port} is the proxy's {what} port in the same network namespace"),
+                        format!(
+                            "port {port} is the proxy's {what} port in the same network namespace"
+                        ),
                     ));
                 }
             }

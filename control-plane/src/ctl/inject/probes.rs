@@ -28,8 +28,8 @@ pub fn collect(spec: &Mapping, spec_field: &str) -> Result<Probes, FieldError> {
             let Value::Mapping(container) = container else {
                 continue;
             };
-            let native_sidecar = container.get("restartPolicy").and_then(Value::as_str)
-                == Some("Always");
+            let native_sidecar =
+                container.get("restartPolicy").and_then(Value::as_str) == Some("Always");
             if list == "initContainers" && !native_sidecar {
                 continue;
             }
@@ -169,8 +169,16 @@ containers:
         assert_eq!(
             probes.unexempted,
             [
-                ("spec.containers[1].readinessProbe.httpGet.port".to_string(), 8443, "an HTTPS probe"),
-                ("spec.containers[1].livenessProbe.grpc.port".to_string(), 9090, "a gRPC probe"),
+                (
+                    "spec.containers[1].readinessProbe.httpGet.port".to_string(),
+                    8443,
+                    "an HTTPS probe"
+                ),
+                (
+                    "spec.containers[1].livenessProbe.grpc.port".to_string(),
+                    9090,
+                    "a gRPC probe"
+                ),
             ]
         );
     }
@@ -189,7 +197,10 @@ containers:
 ",
         );
         let err = collect(&pod, "spec.template.spec").expect_err("undeclared");
-        assert_eq!(err.field, "spec.template.spec.containers[1].livenessProbe.httpGet.port");
+        assert_eq!(
+            err.field,
+            "spec.template.spec.containers[1].livenessProbe.httpGet.port"
+        );
         assert!(err.reason.contains("\"http\""), "{}", err.reason);
     }
 }

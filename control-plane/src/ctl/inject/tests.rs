@@ -27,7 +27,11 @@ fn all_fixtures() -> Vec<(String, String)> {
         .collect();
     names.sort();
     assert!(names.len() >= 10, "fixtures: {names:?}");
-    names.into_iter().map(|n| (fixture(&n), n)).map(|(t, n)| (n, t)).collect()
+    names
+        .into_iter()
+        .map(|n| (fixture(&n), n))
+        .map(|(t, n)| (n, t))
+        .collect()
 }
 
 fn rewrite(text: &str, mode: Mode) -> String {
@@ -68,7 +72,7 @@ fn env<'a>(proxy: &'a Value, name: &str) -> Option<&'a str> {
 fn proxy_of(pod: &Value) -> &Value {
     pod["spec"]["initContainers"]
         .as_sequence()
-        .and_then(|list| list.iter().find(|c| c["name"] == Value::from("weir-proxy")))
+        .and_then(|list| list.iter().find(|c| c["name"] == "weir-proxy"))
         .expect("weir-proxy in initContainers")
 }
 
@@ -111,8 +115,9 @@ fn app_containers_and_own_init_containers_are_unchanged() {
             let after = docs(&rewrite(&text, mode));
             assert_eq!(before.len(), after.len(), "{name}");
             for (old, new) in before.iter().zip(&after) {
-                let pairs: Vec<(&Value, &Value)> = if old["kind"] == Value::from("List") {
-                    let items = |d: &'_ Value| d["items"].as_sequence().cloned().unwrap_or_default();
+                let pairs: Vec<(&Value, &Value)> = if old["kind"] == "List" {
+                    let items =
+                        |d: &'_ Value| d["items"].as_sequence().cloned().unwrap_or_default();
                     assert_eq!(items(old).len(), items(new).len());
                     old["items"]
                         .as_sequence()
@@ -142,17 +147,27 @@ fn app_containers_and_own_init_containers_are_unchanged() {
                         assert_eq!(names(&Value::Sequence(own_init.clone()))[0], "weir-init");
                     } else {
                         let first: Vec<_> = own_init.iter().take(2).map(|c| &c["name"]).collect();
-                        assert_eq!(first, [&Value::from("weir-init"), &Value::from("weir-proxy")]);
+                        assert_eq!(
+                            first,
+                            [&Value::from("weir-init"), &Value::from("weir-proxy")]
+                        );
                         assert_eq!(own_init[1]["restartPolicy"], Value::from("Always"));
                     }
-                    assert_eq!(apps, old_pod["spec"]["containers"], "{name}: app containers");
+                    assert_eq!(
+                        apps, old_pod["spec"]["containers"],
+                        "{name}: app containers"
+                    );
                     let skip = if legacy { 1 } else { 2 };
                     let expected = old_pod["spec"]
                         .get("initContainers")
                         .and_then(Value::as_sequence)
                         .cloned()
                         .unwrap_or_default();
-                    assert_eq!(own_init[skip..], expected[..], "{name}: own init containers");
+                    assert_eq!(
+                        own_init[skip..],
+                        expected[..],
+                        "{name}: own init containers"
+                    );
                     assert_eq!(
                         new_pod["metadata"]["annotations"]["weir.dev/injected"],
                         Value::from(containers::VERSION)
@@ -174,8 +189,16 @@ fn app_containers_and_own_init_containers_are_unchanged() {
 #[test]
 fn init_args_follow_ports_and_annotations() {
     let defaults = [
-        "--proxy-uid", "2102", "--inbound-port", "4143", "--outbound-port", "4140",
-        "--skip-inbound-ports", "4191", "--skip-outbound-ports", "8090",
+        "--proxy-uid",
+        "2102",
+        "--inbound-port",
+        "4143",
+        "--outbound-port",
+        "4140",
+        "--skip-inbound-ports",
+        "4191",
+        "--skip-outbound-ports",
+        "8090",
     ];
     let out = docs(&rewrite(&fixture("deployment-multi.yaml"), INJECT));
     assert_eq!(init_args(template(&out[0])), defaults);
@@ -183,9 +206,18 @@ fn init_args_follow_ports_and_annotations() {
     assert_eq!(
         init_args(template(&out[0])),
         [
-            "--proxy-uid", "2102", "--inbound-port", "4143", "--outbound-port", "4140",
-            "--skip-inbound-ports", "4191,9443,9090", "--skip-outbound-ports", "8090,5432,6379",
-            "--outbound-ports", "80,443,5432,6379",
+            "--proxy-uid",
+            "2102",
+            "--inbound-port",
+            "4143",
+            "--outbound-port",
+            "4140",
+            "--skip-inbound-ports",
+            "4191,9443,9090",
+            "--skip-outbound-ports",
+            "8090,5432,6379",
+            "--outbound-ports",
+            "80,443,5432,6379",
         ]
     );
     let out = docs(&rewrite(&fixture("daemonset.yaml"), INJECT));
@@ -208,9 +240,15 @@ fn proxy_env_follows_the_pod() {
     assert_eq!(env(&proxy, "WEIR_DRAIN_TIMEOUT"), Some("40s"));
     // Startup, readiness, liveness order: /healthz by name (and again by number as the
     // liveness probe), /ready by name; the tcpSocket probe needs nothing.
-    assert_eq!(env(&proxy, "WEIR_PROBE_PATHS"), Some("8080/healthz,8080/ready"));
+    assert_eq!(
+        env(&proxy, "WEIR_PROBE_PATHS"),
+        Some("8080/healthz,8080/ready")
+    );
     let proxy = case("daemonset.yaml", None);
-    assert_eq!(env(&proxy, "WEIR_PROBE_PATHS"), Some("2020/api/v1/health,2020/"));
+    assert_eq!(
+        env(&proxy, "WEIR_PROBE_PATHS"),
+        Some("2020/api/v1/health,2020/")
+    );
     assert_eq!(env(&proxy, "WEIR_SERVICE"), Some("log-agent"));
     let proxy = case("statefulset.yaml", None);
     assert_eq!(env(&proxy, "WEIR_PROBE_PATHS"), None);
@@ -247,7 +285,10 @@ fn other_kinds_and_opted_out_workloads_pass_through() {
     let text = fixture("list.yaml");
     let (before, after) = (docs(&text), docs(&rewrite(&text, INJECT)));
     assert_eq!(after[0]["items"][1], before[0]["items"][1], "the Service");
-    assert_ne!(after[0]["items"][0], before[0]["items"][0], "the Deployment");
+    assert_ne!(
+        after[0]["items"][0], before[0]["items"][0],
+        "the Deployment"
+    );
     // YAML 1.1 values survive: octal modes stay numbers, quoted "on"/"yes" stay strings.
     let out = rewrite(&fixture("deployment-multi.yaml"), INJECT);
     assert!(out.contains("defaultMode: 420\n"), "{out}");
@@ -261,13 +302,26 @@ fn problems_warn_or_leave_the_pod_alone() {
     let host = "apiVersion: v1\nkind: Pod\nmetadata: {name: node-agent}\nspec:\n  hostNetwork: true\n  containers: [{name: a, image: a}]\n";
     let out = rewrite_text("host.yaml", host, INJECT).expect("valid");
     assert_eq!(docs(&out.yaml), docs(host));
-    assert!(out.warnings[0].contains("hostNetwork"), "{:?}", out.warnings);
-    let grpc = fixture("skip-ports.yaml").replace("weir.dev/skip-inbound-ports: \"9443, 9090\"", "x: y");
+    assert!(
+        out.warnings[0].contains("hostNetwork"),
+        "{:?}",
+        out.warnings
+    );
+    let grpc =
+        fixture("skip-ports.yaml").replace("weir.dev/skip-inbound-ports: \"9443, 9090\"", "x: y");
     let out = rewrite_text("grpc.yaml", &grpc, INJECT).expect("valid");
     assert_eq!(out.warnings.len(), 2, "{:?}", out.warnings);
-    assert!(out.warnings.iter().any(|w| w.contains("gRPC probe on port 9090")));
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.contains("gRPC probe on port 9090"))
+    );
     let out = rewrite_text("job.yaml", &fixture("job.yaml"), LEGACY).expect("valid");
-    assert!(out.warnings[0].contains("does not complete"), "{:?}", out.warnings);
+    assert!(
+        out.warnings[0].contains("does not complete"),
+        "{:?}",
+        out.warnings
+    );
 }
 
 #[test]
@@ -307,9 +361,16 @@ fn bad_input_names_file_document_and_field() {
     // Reserved names are refused rather than overwritten.
     let clash = fixture("pod.yaml").replace("name: shell", "name: weir-proxy");
     let errors = rewrite_text("clash.yaml", &clash, INJECT).expect_err("reserved");
-    assert!(errors[0].to_string().contains("spec.containers[0].name: the name \"weir-proxy\" is reserved"));
-    let clash = fixture("pod.yaml").replace("tty: true", "tty: true\n    ports: [{containerPort: 4191}]");
+    assert!(
+        errors[0]
+            .to_string()
+            .contains("spec.containers[0].name: the name \"weir-proxy\" is reserved")
+    );
+    let clash =
+        fixture("pod.yaml").replace("tty: true", "tty: true\n    ports: [{containerPort: 4191}]");
     let errors = rewrite_text("clash.yaml", &clash, INJECT).expect_err("port");
-    assert!(errors[0].to_string().contains("spec.containers[0].ports[0].containerPort: port 4191 is the proxy's admin port"));
+    assert!(errors[0].to_string().contains(
+        "spec.containers[0].ports[0].containerPort: port 4191 is the proxy's admin port"
+    ));
     assert!(rewrite_text("empty.yaml", "", INJECT).is_err());
 }

@@ -102,10 +102,7 @@ impl Builder {
                 self.anchors.clear();
                 Ok(())
             }
-            Event::DocumentEnd
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::Nothing => Ok(()),
+            Event::DocumentEnd | Event::StreamStart | Event::StreamEnd | Event::Nothing => Ok(()),
         }
     }
 
@@ -237,17 +234,18 @@ fn number(text: &str) -> Option<Number> {
     } else {
         (10, digits)
     };
-    if !body.is_empty() && body.chars().all(|c| c.is_digit(radix)) {
-        if let Ok(magnitude) = u64::from_str_radix(body, radix) {
-            if !negative {
-                return Some(Number::from(magnitude));
-            }
-            if let Ok(signed) = i64::try_from(magnitude) {
-                return Some(Number::from(-signed));
-            }
-            if magnitude == i64::MIN.unsigned_abs() {
-                return Some(Number::from(i64::MIN));
-            }
+    if !body.is_empty()
+        && body.chars().all(|c| c.is_digit(radix))
+        && let Ok(magnitude) = u64::from_str_radix(body, radix)
+    {
+        if !negative {
+            return Some(Number::from(magnitude));
+        }
+        if let Ok(signed) = i64::try_from(magnitude) {
+            return Some(Number::from(-signed));
+        }
+        if magnitude == i64::MIN.unsigned_abs() {
+            return Some(Number::from(i64::MIN));
         }
     }
     if yaml_float(&plain) {
@@ -361,7 +359,9 @@ fn literal_lines(text: &str) -> Option<(&'static str, Vec<&str>)> {
     if !text.contains('\n')
         || text.starts_with([' ', '\t', '\n'])
         || text.ends_with("\n\n")
-        || text.chars().any(|c| (c.is_control() && c != '\n') || special_char(c))
+        || text
+            .chars()
+            .any(|c| (c.is_control() && c != '\n') || special_char(c))
     {
         return None;
     }
@@ -512,7 +512,9 @@ mod tests {
 
     #[test]
     fn plain_scalars_resolve_as_kubernetes_does() {
-        let doc = one("a: 0644\nb: on\nc: \"on\"\nd: '0644'\ne: 1_000\nf: 0x1F\ng: 1.5\nh: ~\ni: 10m\nj: -3\nk: !!str 12\nl: 08\n");
+        let doc = one(
+            "a: 0644\nb: on\nc: \"on\"\nd: '0644'\ne: 1_000\nf: 0x1F\ng: 1.5\nh: ~\ni: 10m\nj: -3\nk: !!str 12\nl: 08\n",
+        );
         assert_eq!(doc["a"], Value::from(420));
         assert_eq!(doc["b"], Value::Bool(true));
         assert_eq!(doc["c"], Value::from("on"));
@@ -531,13 +533,59 @@ mod tests {
     #[test]
     fn ambiguous_strings_are_quoted_and_read_back() {
         let strings = [
-            "yes", "no", "on", "OFF", "y", "N", "true", "null", "~", "", "0644", "1_000",
-            "12:30", "0x1F", "1e3", ".5", ".inf", "2024-01-01", "+1", "-1", " lead", "trail ",
-            "a: b", "a #b", "- x", "-Xmx512m", "#c", "@x", "*x", "&x", "!x", "|", ">", "%x",
-            "key:", "---", "tab\there", "bell\u{7}", "line\u{2028}sep", "\"q\"", "'s'",
-            "multi\nline\n", "multi\nline", "  indented\nfirst", "trailing\n\n", "ws\n  \nx",
-            "https://weir-control.weir-system.svc.cluster.local:8090", "$(POD_IP):4143",
-            "8080/healthz,8080/ready", "ünïcode", "[x]", "{x}", "a,b",
+            "yes",
+            "no",
+            "on",
+            "OFF",
+            "y",
+            "N",
+            "true",
+            "null",
+            "~",
+            "",
+            "0644",
+            "1_000",
+            "12:30",
+            "0x1F",
+            "1e3",
+            ".5",
+            ".inf",
+            "2024-01-01",
+            "+1",
+            "-1",
+            " lead",
+            "trail ",
+            "a: b",
+            "a #b",
+            "- x",
+            "-Xmx512m",
+            "#c",
+            "@x",
+            "*x",
+            "&x",
+            "!x",
+            "|",
+            ">",
+            "%x",
+            "key:",
+            "---",
+            "tab\there",
+            "bell\u{7}",
+            "line\u{2028}sep",
+            "\"q\"",
+            "'s'",
+            "multi\nline\n",
+            "multi\nline",
+            "  indented\nfirst",
+            "trailing\n\n",
+            "ws\n  \nx",
+            "https://weir-control.weir-system.svc.cluster.local:8090",
+            "$(POD_IP):4143",
+            "8080/healthz,8080/ready",
+            "ünïcode",
+            "[x]",
+            "{x}",
+            "a,b",
         ];
         let seq = Value::Sequence(strings.iter().map(|s| Value::from(*s)).collect());
         let mut map = Mapping::new();
@@ -585,7 +633,10 @@ list:
         assert_eq!(one(&emitted), value, "{emitted}");
         // Emitting what was emitted changes nothing.
         assert_eq!(emit_all([&one(&emitted)]), emitted);
-        assert!(emitted.contains("  script: |\n    #!/bin/sh\n"), "{emitted}");
+        assert!(
+            emitted.contains("  script: |\n    #!/bin/sh\n"),
+            "{emitted}"
+        );
     }
 
     #[test]
