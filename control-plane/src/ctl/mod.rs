@@ -502,6 +502,13 @@ mod tests {
             cli.command,
             Command::Apply { ref files, dry_run: true } if files.len() == 2
         ));
+        let cli = parse(&["inject", "-f", "-", "--legacy-sidecar"]).expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Inject { ref files, legacy_sidecar: true } if files == &[PathBuf::from("-")]
+        ));
+        let cli = parse(&["uninject", "-f", "a.yaml", "-f", "dir"]).expect("parse");
+        assert!(matches!(cli.command, Command::Uninject { ref files } if files.len() == 2));
         let cli = parse(&["rollback", "sp", "shop/payments", "--to", "3"]).expect("parse");
         assert!(matches!(cli.command, Command::Rollback { to: 3, .. }));
         // Global flags work after the subcommand too.
@@ -524,6 +531,8 @@ mod tests {
             &["status", "-o", "yaml"],
             &["history", "sp"],
             &["frobnicate"],
+            &["inject"],
+            &["uninject", "--legacy-sidecar", "-f", "x"],
         ] {
             let err = parse(args).expect_err("usage error");
             assert_eq!(err.exit_code(), 2, "{args:?}");
