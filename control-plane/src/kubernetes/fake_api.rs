@@ -55,7 +55,6 @@ pub struct State {
     changed: watch::Sender<u64>,
     unavailable: AtomicBool,
     refused: AtomicU64,
-    requests: AtomicU64,
 }
 
 pub struct FakeApi {
@@ -167,10 +166,6 @@ impl State {
         self.refused.load(Ordering::SeqCst)
     }
 
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::SeqCst)
-    }
-
     pub fn applied(&self) -> Vec<Applied> {
         self.lock().applied.clone()
     }
@@ -226,7 +221,6 @@ fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
 }
 
 async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
-    state.requests.fetch_add(1, Ordering::SeqCst);
     if state.unavailable.load(Ordering::SeqCst) {
         state.refused.fetch_add(1, Ordering::SeqCst);
         return failure(
