@@ -340,6 +340,18 @@ impl Admin for AdminService {
                     source: "registered".into(),
                 }));
         }
+        for ((ns, service), derived) in self.hub.derived.all() {
+            if !wanted(&ns, &service) {
+                continue;
+            }
+            // Listed even with no pod yet, so a Service the mesh knows shows up.
+            let endpoints = services.entry((ns, service)).or_default();
+            endpoints.extend(derived.pods.iter().map(|addr| pb::Endpoint {
+                address: addr.to_string(),
+                identity: String::new(),
+                source: derived.source.into(),
+            }));
+        }
         let stored = self
             .with_store(|hub| hub.store.get(Some("Endpoints"), None, None))
             .await?;

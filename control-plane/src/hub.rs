@@ -13,6 +13,7 @@ use tokio::sync::{Notify, watch};
 use weir_policy::{Document, Endpoints, EndpointsSpec, Metadata};
 use weir_proto::discovery::v1 as pb;
 
+use crate::derived::{Derived, DerivedEndpoints};
 use crate::registry::{Registry, ServiceKey, ServiceView};
 use crate::store::{Object, Store, StoreError};
 
@@ -33,6 +34,8 @@ pub struct Published {
 pub struct Hub {
     pub store: Store,
     pub registry: Registry,
+    /// Endpoints learnt from the cluster (`--kubernetes`), memory only.
+    pub derived: Derived,
     pub trust_domain: String,
     pub lease_grace: Duration,
     /// The mesh's roots and their generation, sent with every snapshot.
@@ -52,11 +55,13 @@ impl Hub {
         lease_grace: Duration,
     ) -> Result<Arc<Hub>, StoreError> {
         let registry = Registry::default();
-        let first = build(&store, &registry, (bytes::Bytes::new(), 0))?;
+        let derived = Derived::default();
+        let first = build(&store, &registry, &derived, (bytes::Bytes::new(), 0))?;
         let (snapshots, _) = watch::channel(Arc::new(first));
         Ok(Arc::new(Hub {
             store,
             registry,
+            derived,
             trust_domain,
             lease_grace,
             trust: std::sync::Mutex::new((bytes::Bytes::new(), 0)),
@@ -130,9 +135,10 @@ impl Hub {
                 return;
             }
             let hub = self.clone();
-            let built =
-                tokio::task::spawn_blocking(move || build(&hub.store, &hub.registry, hub.trust()))
-                    .await;
+            let built = tokio::task::spawn_blocking(move || {
+                build(&hub.store, &hub.registry, &hub.derived, hub.trust())
+            })
+            .await;
             match built {
                 Ok(Ok(next)) => {
                     *self.last_publish.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -191,6 +197,7 @@ impl Hub {
 pub fn build(
     store: &Store,
     registry: &Registry,
+    derived: &Derived,
     (trust_bundle_pem, ca_generation): (bytes::Bytes, u64),
 ) -> Result<Published, StoreError> {
     let version = store.version();
@@ -198,7 +205,7 @@ pub fn build(
     let views = registry.views();
     Ok(Published {
         version,
-        documents: documents(objects, views),
+        documents: documents(objects, views, derived.all()),
         trust_bundle_pem,
         ca_generation,
         closing: false,
@@ -206,19 +213,26 @@ pub fn build(
 }
 
 /// MeshConfig first, then ServicePolicies, then Endpoints, each by namespace and name. A
-/// registered service's addresses are merged into its stored Endpoints document, if any.
-fn documents(objects: Vec<Object>, views: Vec<(ServiceKey, ServiceView)>) -> Vec<pb::Document> {
+/// service's stored Endpoints, derived Endpoints and registrations become one document.
+fn documents(
+    objects: Vec<Object>,
+    views: Vec<(ServiceKey, ServiceView)>,
+    mut derived: BTreeMap<ServiceKey, DerivedEndpoints>,
+) -> Vec<pb::Document> {
     let rank = |kind: &str| match kind {
         "MeshConfig" => 0,
         "ServicePolicy" => 1,
         _ => 2,
     };
     let mut registered: BTreeMap<ServiceKey, ServiceView> = views.into_iter().collect();
-    let mut out: Vec<pb::Document> = Vec::with_capacity(objects.len() + registered.len());
+    let mut out: Vec<pb::Document> =
+        Vec::with_capacity(objects.len() + registered.len() + derived.len());
     for obj in objects {
-        if obj.kind == "Endpoints"
-            && let Some(view) = registered.remove(&(obj.namespace.clone(), obj.name.clone()))
+        let key = (obj.namespace.clone(), obj.name.clone());
+        if obj.kind == "Endpoints" && (registered.contains_key(&key) || derived.contains_key(&key))
         {
+            let view = registered.remove(&key);
+            let from_cluster = derived.remove(&key).map(|d| d.spec);
             let stored = match serde_json::from_str::<Document>(&obj.json) {
                 Ok(Document::Endpoints(e)) => Some(e.spec),
                 _ => {
@@ -230,7 +244,13 @@ fn documents(objects: Vec<Object>, views: Vec<(ServiceKey, ServiceView)>) -> Vec
                     None
                 }
             };
-            out.extend(synthesise(&obj.namespace, &obj.name, view, stored));
+            out.extend(synthesise(
+                &obj.namespace,
+                &obj.name,
+                stored,
+                from_cluster,
+                view,
+            ));
             continue;
         }
         out.push(pb::Document {
@@ -241,8 +261,12 @@ fn documents(objects: Vec<Object>, views: Vec<(ServiceKey, ServiceView)>) -> Vec
             json: obj.json.into(),
         });
     }
+    for ((ns, service), d) in derived {
+        let view = registered.remove(&(ns.clone(), service.clone()));
+        out.extend(synthesise(&ns, &service, None, Some(d.spec), view));
+    }
     for ((ns, service), view) in registered {
-        out.extend(synthesise(&ns, &service, view, None));
+        out.extend(synthesise(&ns, &service, None, None, Some(view)));
     }
     out.sort_by(|a, b| {
         (rank(&a.kind), &a.namespace, &a.name).cmp(&(rank(&b.kind), &b.namespace, &b.name))
@@ -250,26 +274,33 @@ fn documents(objects: Vec<Object>, views: Vec<(ServiceKey, ServiceView)>) -> Vec
     out
 }
 
-/// An Endpoints document for a registered service; the stored document's identity, if it names
-/// one, wins over the registrations'.
+/// One Endpoints document from what is known of a service. Field by field the stored document
+/// (what an operator applied) wins over the derived one (what the cluster says), which wins
+/// over the registrations; addresses are the stored ones plus the registered ones. A service
+/// with neither addresses nor cluster IPs (a headless Service no meshed pod serves yet) has no
+/// document.
 fn synthesise(
     ns: &str,
     service: &str,
-    view: ServiceView,
     stored: Option<EndpointsSpec>,
+    derived: Option<EndpointsSpec>,
+    view: Option<ServiceView>,
 ) -> Option<pb::Document> {
-    let (mut addresses, identity, cluster_ips, ports) = match stored {
-        Some(spec) => (
-            spec.addresses,
-            spec.identity.or(view.identity),
-            spec.cluster_ips,
-            spec.ports,
-        ),
-        None => (Vec::new(), view.identity, Vec::new(), Vec::new()),
-    };
+    let stored = stored.unwrap_or_else(empty_spec);
+    let derived = derived.unwrap_or_else(empty_spec);
+    let view = view.unwrap_or(ServiceView {
+        addresses: Vec::new(),
+        identity: None,
+    });
+    let mut addresses = stored.addresses;
+    addresses.extend(derived.addresses);
     addresses.extend(view.addresses);
     addresses.sort();
     addresses.dedup();
+    let cluster_ips = either(stored.cluster_ips, derived.cluster_ips);
+    if addresses.is_empty() && cluster_ips.is_empty() {
+        return None;
+    }
     let doc = Document::Endpoints(Endpoints {
         metadata: Metadata {
             name: service.to_string(),
@@ -277,9 +308,9 @@ fn synthesise(
         },
         spec: EndpointsSpec {
             addresses,
-            identity,
+            identity: stored.identity.or(derived.identity).or(view.identity),
             cluster_ips,
-            ports,
+            ports: either(stored.ports, derived.ports),
         },
     });
     // Hellos are checked before they register, so this only guards against a rule change.
@@ -299,5 +330,19 @@ fn synthesise(
             tracing::error!(%err, "cannot serialise synthesised Endpoints document");
             None
         }
+    }
+}
+
+/// The first list unless it is empty: a field an operator left out is the cluster's.
+fn either<T>(first: Vec<T>, second: Vec<T>) -> Vec<T> {
+    if first.is_empty() { second } else { first }
+}
+
+fn empty_spec() -> EndpointsSpec {
+    EndpointsSpec {
+        addresses: Vec::new(),
+        identity: None,
+        cluster_ips: Vec::new(),
+        ports: Vec::new(),
     }
 }

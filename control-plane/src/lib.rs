@@ -9,9 +9,11 @@ pub mod ctl;
 
 pub mod admin;
 pub mod ca;
+pub mod derived;
 pub mod discovery;
 pub mod hub;
 pub mod identity;
+pub mod kubernetes;
 pub mod registry;
 pub mod server;
 pub mod serving;

@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub cert_ttl: Duration,
     /// DNS names and IP addresses in the serving certificate (`--server-name`).
     pub server_names: Vec<String>,
+    /// `--kubernetes`: the API server to watch Services and EndpointSlices on and to write
+    /// the trust-bundle ConfigMaps to (see [`crate::kubernetes`]).
+    pub kubernetes: Option<kube::Config>,
 }
 
 impl ServerConfig {
@@ -60,6 +63,7 @@ impl ServerConfig {
             ca: None,
             cert_ttl: DEFAULT_CERT_TTL,
             server_names: DEFAULT_SERVER_NAMES.iter().map(|n| n.to_string()).collect(),
+            kubernetes: None,
         }
     }
 }
@@ -84,6 +88,8 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("--kubernetes: cannot build a client for {url}: {source}")]
+    Kubernetes { url: String, source: kube::Error },
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -98,6 +104,7 @@ pub struct Bound {
     authority: Arc<Authority>,
     tls: Arc<ServingTls>,
     data_dir: PathBuf,
+    kubernetes: Option<kube::Client>,
 }
 
 /// Opens the data directory (store, admin token) and binds the listener.
@@ -119,6 +126,13 @@ pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
     )?);
     let tls = ServingTls::new(authority.clone(), &config.server_names)?;
     write_trust_bundle(&config.data_dir, authority.ca().trust_bundle_pem())?;
+    let kubernetes = config
+        .kubernetes
+        .map(|k| {
+            let url = k.cluster_url.to_string();
+            kube::Client::try_from(k).map_err(|source| ServerError::Kubernetes { url, source })
+        })
+        .transpose()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -137,6 +151,7 @@ pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
         authority,
         tls,
         data_dir: config.data_dir,
+        kubernetes,
     })
 }
 
@@ -188,10 +203,15 @@ impl Bound {
             authority,
             tls,
             data_dir,
+            kubernetes,
         } = self;
         let publisher = tokio::spawn(hub.clone().publish());
         let renewer = tokio::spawn(tls.clone().renew());
         let follower = tokio::spawn(follow_rotation(authority.clone(), tls.clone(), data_dir));
+        let kube_tasks = kubernetes.map_or_else(Vec::new, |client| {
+            let status = Arc::new(crate::kubernetes::Status::default());
+            crate::kubernetes::spawn(client, hub.clone(), authority.clone(), status)
+        });
         let token = Arc::new(token);
         let check = move |request: tonic::Request<()>| token.check(&request).map(|()| request);
         let router = tonic::transport::Server::builder()
@@ -238,6 +258,12 @@ impl Bound {
         publisher.abort();
         renewer.abort();
         follower.abort();
+        for task in &kube_tasks {
+            task.abort();
+        }
+        for task in kube_tasks {
+            let _ = task.await;
+        }
         let _ = publisher.await;
         release(hub).await;
         result.map_err(ServerError::from)

@@ -62,6 +62,10 @@ enum Command {
             default_values = weir_control::serving::DEFAULT_SERVER_NAMES
         )]
         server_names: Vec<String>,
+        /// Watch Services and EndpointSlices (in-cluster service account, or KUBECONFIG) for
+        /// Endpoints, and write the trust-bundle ConfigMap into every namespace.
+        #[arg(long, env = "WEIR_KUBERNETES")]
+        kubernetes: bool,
     },
 }
 
@@ -80,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         trust_bundle,
         cert_ttl,
         server_names,
+        kubernetes,
     } = Cli::parse().command;
     anyhow::ensure!(!cert_ttl.is_zero(), "--cert-ttl must be positive");
     tracing_subscriber::fmt()
@@ -102,9 +107,17 @@ fn main() -> anyhow::Result<()> {
         }),
         cert_ttl,
         server_names,
+        kubernetes: None,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async {
+        let mut config = config;
+        if kubernetes {
+            config.kubernetes = Some(kube::Config::infer().await.context(
+                "--kubernetes: no Kubernetes API configuration (neither the in-cluster service \
+                 account under /var/run/secrets/kubernetes.io/serviceaccount nor KUBECONFIG)",
+            )?);
+        }
         let shutdown = shutdown_signal()?;
         weir_control::serve(config, shutdown).await?;
         anyhow::Ok(())
