@@ -10,6 +10,7 @@ pub mod ctl;
 pub mod admin;
 pub mod ca;
 pub mod discovery;
+pub mod health;
 pub mod hub;
 pub mod identity;
 pub mod registry;
