@@ -5,11 +5,12 @@
 //!
 //! Layout: `client` connects and explains gRPC errors, `output` formats tables and documents,
 //! `policy` holds the commands on stored documents (apply, get, delete, diff, history, rollback),
-//! `mesh` the ones about the running mesh (status, endpoints, version) and `tokens` the
-//! workload tokens (token create, list, revoke).
+//! `mesh` the ones about the running mesh (status, endpoints, version), `tokens` the
+//! workload tokens (token create, list, revoke) and `install` the embedded Kubernetes manifests.
 
 mod ca;
 mod client;
+pub mod install;
 mod mesh;
 pub mod output;
 mod policy;
@@ -181,6 +182,12 @@ pub enum Command {
     },
     /// Show a trace from Jaeger as a waterfall, or list a service's recent traces.
     Trace(TraceArgs),
+    /// Print the Kubernetes manifests of the control plane and Jaeger (namespace weir-system),
+    /// the same objects as `kubectl kustomize deploy`: `weirctl install | kubectl apply -f -`.
+    ///
+    /// Offline: contacts no server. For provider-specific settings (EKS, GKE) or a single node
+    /// use the overlays in deploy/overlays with `kubectl apply -k`.
+    Install,
     /// Print the client and server versions.
     Version,
 }
@@ -371,6 +378,7 @@ async fn dispatch(cli: Cli) -> Outcome {
         Command::Ca { command } => ca::run(&target()?, command).await,
         Command::Version => mesh::version(&target()?).await,
         Command::Trace(args) => trace::run(args).await,
+        Command::Install => install::run(),
     }
 }
 
