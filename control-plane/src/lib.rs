@@ -11,6 +11,7 @@ pub mod admin;
 pub mod ca;
 pub mod derived;
 pub mod discovery;
+pub mod health;
 pub mod hub;
 pub mod identity;
 pub mod kubernetes;

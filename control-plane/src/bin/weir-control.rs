@@ -26,6 +26,10 @@ enum Command {
         /// Address the gRPC server listens on.
         #[arg(long, env = "WEIR_LISTEN", default_value = "0.0.0.0:8090")]
         listen: SocketAddr,
+        /// Plain-HTTP health endpoints for the kubelet: GET /live (200 while running) and
+        /// /ready (200 once the store is open and --listen bound, else 503). Off without it.
+        #[arg(long, env = "WEIR_ADMIN_ADDR")]
+        admin_addr: Option<SocketAddr>,
         /// Directory for the store (policies, generated CA, workload tokens) and the admin token
         /// (created 0700 if missing).
         #[arg(long, env = "WEIR_DATA_DIR", default_value = "/var/lib/weir")]
@@ -76,6 +80,7 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 fn main() -> anyhow::Result<()> {
     let Command::Serve {
         listen,
+        admin_addr,
         data_dir,
         trust_domain,
         lease_grace,
@@ -119,7 +124,25 @@ fn main() -> anyhow::Result<()> {
             )?);
         }
         let shutdown = shutdown_signal()?;
-        weir_control::serve(config, shutdown).await?;
+        let readiness = match admin_addr {
+            Some(addr) => {
+                let health = weir_control::health::bind(addr).await?;
+                let readiness = health.readiness();
+                tokio::spawn(health.serve());
+                Some(readiness)
+            }
+            None => None,
+        };
+        let bound = weir_control::bind(config).await?;
+        let ready = |ready| readiness.iter().for_each(|r| r.set(ready));
+        ready(true);
+        bound
+            .serve(async {
+                shutdown.await;
+                // Out of the Service's endpoints while the streams drain.
+                ready(false);
+            })
+            .await?;
         anyhow::Ok(())
     })
 }

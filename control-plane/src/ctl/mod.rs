@@ -5,12 +5,14 @@
 //!
 //! Layout: `client` connects and explains gRPC errors, `output` formats tables and documents,
 //! `policy` holds the commands on stored documents (apply, get, delete, diff, history, rollback),
-//! `mesh` the ones about the running mesh (status, endpoints, version) and `tokens` the
-//! workload tokens (token create, list, revoke). `inject` rewrites Kubernetes manifests offline.
+//! `mesh` the ones about the running mesh (status, endpoints, version), `tokens` the
+//! workload tokens (token create, list, revoke), `install` the embedded Kubernetes manifests
+//! and `inject` rewrites Kubernetes manifests offline.
 
 mod ca;
 mod client;
 pub mod inject;
+pub mod install;
 mod mesh;
 pub mod output;
 mod policy;
@@ -215,6 +217,12 @@ pub enum Command {
         )]
         files: Vec<PathBuf>,
     },
+    /// Print the Kubernetes manifests of the control plane and Jaeger (namespace weir-system),
+    /// the same objects as `kubectl kustomize deploy`: `weirctl install | kubectl apply -f -`.
+    ///
+    /// Offline: contacts no server. For provider-specific settings (EKS, GKE) or a single node
+    /// use the overlays in deploy/overlays with `kubectl apply -k`.
+    Install,
     /// Print the client and server versions.
     Version,
 }
@@ -415,6 +423,7 @@ async fn dispatch(cli: Cli) -> Outcome {
             },
         ),
         Command::Uninject { files } => inject::run(&files, inject::Mode::Uninject),
+        Command::Install => install::run(),
     }
 }
 
