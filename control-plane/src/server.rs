@@ -15,6 +15,7 @@ use weir_proto::identity::v1::identity_server::IdentityServer;
 use crate::admin::AdminService;
 use crate::discovery::DiscoveryService;
 use crate::hub::Hub;
+use crate::identity::jwt::{JwksError, KubernetesConfig, KubernetesTokens};
 use crate::identity::{Authority, AuthorityError, CaFiles, IdentityService};
 use crate::serving::{DEFAULT_SERVER_NAMES, ServingError, ServingTls};
 use crate::store::{Store, StoreError};
@@ -47,6 +48,8 @@ pub struct ServerConfig {
     pub cert_ttl: Duration,
     /// DNS names and IP addresses in the serving certificate (`--server-name`).
     pub server_names: Vec<String>,
+    /// Certify accepts Kubernetes service-account tokens (`--kubernetes-issuer`).
+    pub kubernetes_tokens: Option<KubernetesConfig>,
 }
 
 impl ServerConfig {
@@ -60,6 +63,7 @@ impl ServerConfig {
             ca: None,
             cert_ttl: DEFAULT_CERT_TTL,
             server_names: DEFAULT_SERVER_NAMES.iter().map(|n| n.to_string()).collect(),
+            kubernetes_tokens: None,
         }
     }
 }
@@ -84,6 +88,8 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("--kubernetes-jwks: {0}")]
+    KubernetesKeys(#[from] JwksError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -98,6 +104,7 @@ pub struct Bound {
     authority: Arc<Authority>,
     tls: Arc<ServingTls>,
     data_dir: PathBuf,
+    kubernetes_tokens: Option<Arc<KubernetesTokens>>,
 }
 
 /// Opens the data directory (store, admin token) and binds the listener.
@@ -118,6 +125,10 @@ pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
         config.cert_ttl,
     )?);
     let tls = ServingTls::new(authority.clone(), &config.server_names)?;
+    let kubernetes_tokens = match &config.kubernetes_tokens {
+        Some(k) => Some(Arc::new(KubernetesTokens::open(k).await?)),
+        None => None,
+    };
     write_trust_bundle(&config.data_dir, authority.ca().trust_bundle_pem())?;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -137,6 +148,7 @@ pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
         authority,
         tls,
         data_dir: config.data_dir,
+        kubernetes_tokens,
     })
 }
 
@@ -188,10 +200,14 @@ impl Bound {
             authority,
             tls,
             data_dir,
+            kubernetes_tokens,
         } = self;
         let publisher = tokio::spawn(hub.clone().publish());
         let renewer = tokio::spawn(tls.clone().renew());
         let follower = tokio::spawn(follow_rotation(authority.clone(), tls.clone(), data_dir));
+        let key_refresher = kubernetes_tokens
+            .as_ref()
+            .map(|k| tokio::spawn(k.keys().clone().run()));
         let token = Arc::new(token);
         let check = move |request: tonic::Request<()>| token.check(&request).map(|()| request);
         let router = tonic::transport::Server::builder()
@@ -205,7 +221,10 @@ impl Bound {
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(DiscoveryServer::new(DiscoveryService::new(hub.clone())))
             // No admin token here: the workload token in the request is the credential.
-            .add_service(IdentityServer::new(IdentityService::new(authority.clone())))
+            .add_service(IdentityServer::new(IdentityService::new(
+                authority.clone(),
+                kubernetes_tokens,
+            )))
             .add_service(AdminServer::with_interceptor(
                 AdminService::new(hub.clone(), authority),
                 check,
@@ -238,6 +257,9 @@ impl Bound {
         publisher.abort();
         renewer.abort();
         follower.abort();
+        if let Some(task) = key_refresher {
+            task.abort();
+        }
         let _ = publisher.await;
         release(hub).await;
         result.map_err(ServerError::from)
