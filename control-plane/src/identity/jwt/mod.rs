@@ -7,6 +7,8 @@ pub mod jwks;
 pub mod keys;
 pub mod verify;
 
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
