@@ -4,6 +4,7 @@
 mod admin;
 mod discovery;
 mod identity;
+mod kubernetes_tokens;
 
 use std::future::Future;
 use std::path::Path;

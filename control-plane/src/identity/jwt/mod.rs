@@ -8,6 +8,8 @@ pub mod keys;
 pub mod verify;
 
 #[cfg(test)]
+pub(crate) mod test_keys;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
