@@ -15,6 +15,7 @@ use weir_proto::identity::v1::identity_server::IdentityServer;
 use crate::admin::AdminService;
 use crate::discovery::DiscoveryService;
 use crate::hub::Hub;
+use crate::identity::jwt::{JwksError, KubernetesConfig, KubernetesTokens};
 use crate::identity::{Authority, AuthorityError, CaFiles, IdentityService};
 use crate::serving::{DEFAULT_SERVER_NAMES, ServingError, ServingTls};
 use crate::store::{Store, StoreError};
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     /// `--kubernetes`: the API server to watch Services and EndpointSlices on and to write
     /// the trust-bundle ConfigMaps to (see [`crate::kubernetes`]).
     pub kubernetes: Option<kube::Config>,
+    /// Certify accepts Kubernetes service-account tokens (`--kubernetes-issuer`).
+    pub kubernetes_tokens: Option<KubernetesConfig>,
 }
 
 impl ServerConfig {
@@ -64,6 +67,7 @@ impl ServerConfig {
             cert_ttl: DEFAULT_CERT_TTL,
             server_names: DEFAULT_SERVER_NAMES.iter().map(|n| n.to_string()).collect(),
             kubernetes: None,
+            kubernetes_tokens: None,
         }
     }
 }
@@ -90,6 +94,8 @@ pub enum ServerError {
     },
     #[error("--kubernetes: cannot build a client for {url}: {source}")]
     Kubernetes { url: String, source: kube::Error },
+    #[error("--kubernetes-jwks: {0}")]
+    KubernetesKeys(#[from] JwksError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -105,6 +111,7 @@ pub struct Bound {
     tls: Arc<ServingTls>,
     data_dir: PathBuf,
     kubernetes: Option<kube::Client>,
+    kubernetes_tokens: Option<Arc<KubernetesTokens>>,
 }
 
 /// Opens the data directory (store, admin token) and binds the listener.
@@ -125,6 +132,10 @@ pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
         config.cert_ttl,
     )?);
     let tls = ServingTls::new(authority.clone(), &config.server_names)?;
+    let kubernetes_tokens = match &config.kubernetes_tokens {
+        Some(k) => Some(Arc::new(KubernetesTokens::open(k).await?)),
+        None => None,
+    };
     write_trust_bundle(&config.data_dir, authority.ca().trust_bundle_pem())?;
     let kubernetes = config
         .kubernetes
@@ -152,6 +163,7 @@ pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
         tls,
         data_dir: config.data_dir,
         kubernetes,
+        kubernetes_tokens,
     })
 }
 
@@ -204,6 +216,7 @@ impl Bound {
             tls,
             data_dir,
             kubernetes,
+            kubernetes_tokens,
         } = self;
         let publisher = tokio::spawn(hub.clone().publish());
         let renewer = tokio::spawn(tls.clone().renew());
@@ -212,6 +225,9 @@ impl Bound {
             let status = Arc::new(crate::kubernetes::Status::default());
             crate::kubernetes::spawn(client, hub.clone(), authority.clone(), status)
         });
+        let key_refresher = kubernetes_tokens
+            .as_ref()
+            .map(|k| tokio::spawn(k.keys().clone().run()));
         let token = Arc::new(token);
         let check = move |request: tonic::Request<()>| token.check(&request).map(|()| request);
         let router = tonic::transport::Server::builder()
@@ -225,7 +241,10 @@ impl Bound {
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(DiscoveryServer::new(DiscoveryService::new(hub.clone())))
             // No admin token here: the workload token in the request is the credential.
-            .add_service(IdentityServer::new(IdentityService::new(authority.clone())))
+            .add_service(IdentityServer::new(IdentityService::new(
+                authority.clone(),
+                kubernetes_tokens,
+            )))
             .add_service(AdminServer::with_interceptor(
                 AdminService::new(hub.clone(), authority),
                 check,
@@ -263,6 +282,9 @@ impl Bound {
         }
         for task in kube_tasks {
             let _ = task.await;
+        }
+        if let Some(task) = key_refresher {
+            task.abort();
         }
         let _ = publisher.await;
         release(hub).await;

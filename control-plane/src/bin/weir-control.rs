@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use weir_control::identity::jwt::{self, JwksLocation, KubernetesConfig};
 use weir_control::{CaFiles, ServerConfig};
 
 #[derive(Parser)]
@@ -70,6 +71,17 @@ enum Command {
         /// Endpoints, and write the trust-bundle ConfigMap into every namespace.
         #[arg(long, env = "WEIR_KUBERNETES")]
         kubernetes: bool,
+        /// Issuer (`iss`) of the cluster's service-account tokens. With it, Identity.Certify
+        /// accepts a pod's projected token and certifies its service account.
+        #[arg(long, env = "WEIR_KUBERNETES_ISSUER", requires = "kubernetes_jwks")]
+        kubernetes_issuer: Option<String>,
+        /// The issuer's keys: a JWKS file, or an https URL (the cluster's /openid/v1/jwks)
+        /// fetched with this pod's service-account token and CA.
+        #[arg(long, env = "WEIR_KUBERNETES_JWKS", requires = "kubernetes_issuer", value_parser = JwksLocation::parse)]
+        kubernetes_jwks: Option<JwksLocation>,
+        /// Audience a service-account token must carry.
+        #[arg(long, env = "WEIR_KUBERNETES_AUDIENCE", default_value = jwt::DEFAULT_AUDIENCE)]
+        kubernetes_audience: String,
     },
 }
 
@@ -90,8 +102,21 @@ fn main() -> anyhow::Result<()> {
         cert_ttl,
         server_names,
         kubernetes,
+        kubernetes_issuer,
+        kubernetes_jwks,
+        kubernetes_audience,
     } = Cli::parse().command;
     anyhow::ensure!(!cert_ttl.is_zero(), "--cert-ttl must be positive");
+    anyhow::ensure!(
+        kubernetes_issuer
+            .as_deref()
+            .is_none_or(|i| !i.trim().is_empty()),
+        "--kubernetes-issuer must not be empty: give the `iss` of the cluster's tokens"
+    );
+    anyhow::ensure!(
+        !kubernetes_audience.trim().is_empty(),
+        "--kubernetes-audience must not be empty"
+    );
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -113,6 +138,13 @@ fn main() -> anyhow::Result<()> {
         cert_ttl,
         server_names,
         kubernetes: None,
+        // clap makes --kubernetes-issuer and --kubernetes-jwks come together.
+        kubernetes_tokens: kubernetes_issuer
+            .zip(kubernetes_jwks)
+            .map(|(issuer, jwks)| KubernetesConfig {
+                audience: kubernetes_audience,
+                ..KubernetesConfig::new(issuer, jwks)
+            }),
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async {

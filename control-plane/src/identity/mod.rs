@@ -4,6 +4,7 @@
 //! lifetime); the Admin API uses it to mint tokens and [`IdentityService`] to certify. Certify
 //! needs no admin token: the workload token is the credential.
 
+pub mod jwt;
 pub mod rotation;
 pub mod token;
 
@@ -287,11 +288,10 @@ impl Authority {
         Ok((token, record))
     }
 
-    /// The whole of Certify, synchronously (it reads the store and signs): token, then CSR,
-    /// then identity, so an unauthenticated caller learns nothing about its CSR.
+    /// The whole of Certify for a workload token, synchronously (it reads the store and signs):
+    /// token, then CSR, then identity, so an unauthenticated caller learns nothing about its CSR.
     pub fn certify(&self, token: &str, csr_pem: &str) -> Result<pb::CertifyResponse, Status> {
         let claims = self.authenticate(token)?;
-        let identity = claims.identity();
         if claims.td != self.trust_domain() {
             return Err(Status::permission_denied(format!(
                 "token {} is for trust domain {:?} but this control plane serves {:?}",
@@ -300,11 +300,39 @@ impl Authority {
                 self.trust_domain()
             )));
         }
+        self.issue(&claims.identity(), &format!("token {}", claims.id), csr_pem)
+    }
+
+    /// Certify for a verified Kubernetes service-account token: the certificate is for the
+    /// token's service account in this control plane's trust domain, nothing else.
+    pub fn certify_service_account(
+        &self,
+        account: &jwt::ServiceAccount,
+        csr_pem: &str,
+    ) -> Result<pb::CertifyResponse, Status> {
+        let credential = format!(
+            "the service-account token of {}/{}",
+            account.namespace, account.name
+        );
+        self.issue(
+            &account.spiffe_id(self.trust_domain()),
+            &credential,
+            csr_pem,
+        )
+    }
+
+    /// Signs `csr_pem` if it asks for exactly `identity`, which `credential` proved.
+    fn issue(
+        &self,
+        identity: &str,
+        credential: &str,
+        csr_pem: &str,
+    ) -> Result<pb::CertifyResponse, Status> {
         let csr = Csr::parse(csr_pem).map_err(csr_status)?;
         if csr.uri != identity {
             return Err(Status::permission_denied(format!(
-                "CSR asks for {:?} but token {} is for {identity:?}",
-                csr.uri, claims.id
+                "CSR asks for {:?} but {credential} is for {identity:?}",
+                csr.uri
             )));
         }
         let generation = self.trust.as_ref().map_or(0, |t| {
@@ -312,14 +340,14 @@ impl Authority {
         });
         let issued = self
             .ca()
-            .sign(&csr, &identity, self.cert_ttl)
+            .sign(&csr, identity, self.cert_ttl)
             .map_err(csr_status)?;
-        tracing::info!(identity, token = claims.id, "certified");
+        tracing::info!(identity, credential, "certified");
         Ok(pb::CertifyResponse {
             cert_chain_pem: issued.chain_pem,
             trust_bundle_pem: issued.trust_bundle_pem,
             not_after_unix_ms: unix_ms(issued.not_after),
-            spiffe_id: identity,
+            spiffe_id: identity.to_owned(),
             ca_generation: generation,
         })
     }
@@ -388,11 +416,48 @@ fn unix_ms(t: SystemTime) -> i64 {
 
 pub struct IdentityService {
     authority: Arc<Authority>,
+    /// `--kubernetes-issuer`: service-account tokens are accepted too.
+    kubernetes: Option<Arc<jwt::KubernetesTokens>>,
 }
 
 impl IdentityService {
-    pub fn new(authority: Arc<Authority>) -> Self {
-        IdentityService { authority }
+    pub fn new(authority: Arc<Authority>, kubernetes: Option<Arc<jwt::KubernetesTokens>>) -> Self {
+        IdentityService {
+            authority,
+            kubernetes,
+        }
+    }
+
+    /// A JWT goes to the service-account verifier (async: it may reload the issuer's keys),
+    /// anything else is a workload token; then the store read and signing, off the runtime
+    /// that carries the discovery streams.
+    async fn certify(&self, req: pb::CertifyRequest) -> Result<pb::CertifyResponse, Status> {
+        let account = if jwt::looks_like_jwt(&req.token) {
+            let Some(kubernetes) = &self.kubernetes else {
+                return Err(Status::unauthenticated(
+                    "this control plane does not accept Kubernetes service-account tokens: \
+                     start weir-control with --kubernetes-issuer and --kubernetes-jwks, or give \
+                     the proxy a token from `weirctl token create`",
+                ));
+            };
+            let account = kubernetes
+                .verify(&req.token)
+                .await
+                .map_err(|err| Status::unauthenticated(err.to_string()))?;
+            Some(account)
+        } else {
+            None
+        };
+        let authority = self.authority.clone();
+        tokio::task::spawn_blocking(move || match account {
+            Some(account) => authority.certify_service_account(&account, &req.csr_pem),
+            None => authority.certify(&req.token, &req.csr_pem),
+        })
+        .await
+        .map_err(|err| {
+            tracing::error!(%err, "certify task failed");
+            Status::internal("certify task failed; see the control plane's log")
+        })?
     }
 }
 
@@ -402,16 +467,18 @@ impl Identity for IdentityService {
         &self,
         request: Request<pb::CertifyRequest>,
     ) -> Result<Response<pb::CertifyResponse>, Status> {
-        let req = request.into_inner();
-        let authority = self.authority.clone();
-        // Store read and ECDSA signing: off the runtime that carries the discovery streams.
-        let response =
-            tokio::task::spawn_blocking(move || authority.certify(&req.token, &req.csr_pem))
-                .await
-                .map_err(|err| {
-                    tracing::error!(%err, "certify task failed");
-                    Status::internal("certify task failed; see the control plane's log")
-                })??;
-        Ok(Response::new(response))
+        let peer = request.remote_addr();
+        let result = IdentityService::certify(self, request.into_inner()).await;
+        if let Err(status) = &result
+            && status.code() != tonic::Code::Internal
+        {
+            tracing::warn!(
+                peer = ?peer,
+                code = ?status.code(),
+                reason = status.message(),
+                "certify refused"
+            );
+        }
+        result.map(Response::new)
     }
 }

@@ -5,6 +5,7 @@ mod admin;
 mod discovery;
 mod identity;
 mod kubernetes;
+mod kubernetes_tokens;
 
 use std::future::Future;
 use std::path::Path;
