@@ -124,6 +124,11 @@ impl ControlPlane {
     pub fn log_tail(&self) -> String {
         self.child.log_tail()
     }
+
+    /// Whether the current process's whole log contains `needle` (case-insensitive).
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.child.log_contains(needle)
+    }
 }
 
 async fn spawn(

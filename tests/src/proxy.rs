@@ -200,6 +200,23 @@ impl ProxyBuilder {
     }
 }
 
+impl ProxyBuilder {
+    /// Spawns the proxy without waiting for `/ready`: for a proxy that is expected never to
+    /// become ready (e.g. its identity is refused).
+    pub fn spawn(self) -> Proxy {
+        let addrs = self.fixed_addrs.unwrap_or_else(Addrs::free);
+        let log = self.log_dir.join(format!("{}-1.log", self.name));
+        let mut cmd = self.command(&addrs);
+        let child = ChildGuard::spawn(&self.name, &mut cmd, Some(&log), false)
+            .unwrap_or_else(|e| panic!("spawning {}: {cmd:?}: {e}", self.name));
+        Proxy {
+            child,
+            addrs,
+            net: self.netns.clone().map(Net::Netns).unwrap_or_default(),
+        }
+    }
+}
+
 pub struct Proxy {
     child: ChildGuard,
     addrs: Addrs,
@@ -247,6 +264,11 @@ impl Proxy {
 
     pub fn log_tail(&self) -> String {
         self.child.log_tail()
+    }
+
+    /// Whether the whole log contains `needle` (case-insensitive).
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.child.log_contains(needle)
     }
 
     /// `Err(Some(status))` if the process exited, `Err(None)` on timeout.

@@ -475,7 +475,7 @@ impl Identity for IdentityService {
             tracing::warn!(
                 peer = ?peer,
                 code = ?status.code(),
-                reason = status.message(),
+                reason = %status.message(),
                 "certify refused"
             );
         }

@@ -59,10 +59,24 @@ enum CertifyError {
     Csr(#[from] rcgen::Error),
     #[error(transparent)]
     Connect(#[from] weir_proto::dial::DialError),
-    #[error("the control plane refused: {0}")]
+    #[error("{}", refusal(.0))]
     Refused(#[from] tonic::Status),
     #[error("unusable certificate from the control plane: {0}")]
     Certificate(#[from] super::TlsError),
+}
+
+/// The control plane's reason as it wrote it (tonic's `Display` quotes and escapes it), so an
+/// operator reading the proxy's log sees the same sentence as in the control plane's.
+fn refusal(status: &tonic::Status) -> String {
+    let mut text = format!(
+        "the control plane refused ({:?}): {}",
+        status.code(),
+        status.message()
+    );
+    if let Some(source) = std::error::Error::source(status) {
+        text.push_str(&format!(" ({source})"));
+    }
+    text
 }
 
 impl Certifier {
