@@ -1,7 +1,7 @@
 //! The `weir` image (deploy/Dockerfile) is `FROM scratch`: static binaries and CA roots, no
 //! loader, no libc, no shell. These tests build the binaries the same way
 //! (`-C target-feature=+crt-static`) and run them in an empty root with `chroot` as uid 2102:
-//! only the binaries, the CA roots, the data directory the PersistentVolume provides and the
+//! only the binaries, the CA roots, /dev/null, /dev/random and /dev/urandom (from the container runtime), the data directory the PersistentVolume provides and the
 //! /etc/hosts the kubelet mounts into every container.
 //!
 //! Binaries: `WEIR_STATIC_BIN_DIR` (e.g. copied out of an image build) if set, else this test
@@ -127,6 +127,16 @@ fn binaries_are_static() {
     assert_eq!(has_interpreter(&me), Ok(true));
 }
 
+fn chroot_bin() -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("chroot"))
+        .find(|path| path.is_file())
+        .expect("chroot (coreutils) is needed")
+}
+
 /// An empty root holding what the image and the kubelet give the binaries.
 struct Root {
     dir: TestDir,
@@ -154,6 +164,32 @@ impl Root {
             "127.0.0.1 localhost\n::1 localhost\n",
         )
         .expect("write hosts");
+        // The container runtime gives every container /dev/null, /dev/random and /dev/urandom; getrandom
+        // polls /dev/random and reads /dev/urandom in a static binary (its dlsym probe for glibc's getrandom fails).
+        std::fs::create_dir_all(root.join("dev")).expect("mkdir dev");
+        for (name, minor) in [("null", 3), ("random", 8), ("urandom", 9)] {
+            let path = std::ffi::CString::new(
+                root.join("dev")
+                    .join(name)
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )
+            .expect("no NUL in the path");
+            // SAFETY: mknod(2) reads a NUL-terminated path; we are root (checked by callers).
+            let rc = unsafe {
+                libc::mknod(
+                    path.as_ptr(),
+                    libc::S_IFCHR | 0o666,
+                    libc::makedev(1, minor),
+                )
+            };
+            assert_eq!(
+                rc,
+                0,
+                "mknod /dev/{name}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
         // The PVC at /var/lib/weir (group-writable for fsGroup 2102 in a pod; owned here).
         for dir in ["var/lib/weir", "var/run/weir"] {
             let path = root.join(dir);
@@ -171,7 +207,8 @@ impl Root {
 
     /// `chroot --userspec=2102:2102 ROOT /usr/local/bin/BIN` with the image's environment.
     fn command(&self, bin: &str) -> Command {
-        let mut cmd = Command::new("chroot");
+        // Resolved here: the child's PATH below (the image's) would not find it.
+        let mut cmd = Command::new(chroot_bin());
         cmd.arg(format!("--userspec={UID}:{UID}"))
             .arg(self.path())
             .arg(format!("/usr/local/bin/{bin}"))
