@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::bins;
+use crate::netns::Net;
 use crate::process::ChildGuard;
 use crate::util::free_ports;
 
@@ -18,6 +19,10 @@ pub struct ControlPlane {
     log_dir: PathBuf,
     starts: u32,
     args: Vec<String>,
+    /// The network namespace it runs in (and weirctl with it); the host's when `None`.
+    netns: Option<String>,
+    /// The name weirctl dials instead of the address (its certificate names no IPs).
+    host: Option<String>,
 }
 
 impl ControlPlane {
@@ -31,7 +36,7 @@ impl ControlPlane {
         let port = free_ports(1).expect("free port")[0];
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let child = spawn(addr, data_dir, log_dir, 1, &args).await;
+        let child = spawn(addr, data_dir, log_dir, 1, &args, None).await;
         Self {
             child,
             addr,
@@ -39,6 +44,34 @@ impl ControlPlane {
             log_dir: log_dir.to_path_buf(),
             starts: 1,
             args,
+            netns: None,
+            host: None,
+        }
+    }
+
+    /// Like `start_with`, inside network namespace `netns` listening on `addr` (an address
+    /// of that namespace); `weirctl` then runs there too and dials `host` (a `--server-name`
+    /// that resolves to `addr` there).
+    pub async fn start_in_netns(
+        netns: &str,
+        host: &str,
+        addr: SocketAddr,
+        data_dir: &Path,
+        log_dir: &Path,
+        args: &[&str],
+    ) -> Self {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let netns = Some(netns.to_owned());
+        let child = spawn(addr, data_dir, log_dir, 1, &args, netns.as_deref()).await;
+        Self {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            log_dir: log_dir.to_path_buf(),
+            starts: 1,
+            args,
+            netns,
+            host: Some(host.to_owned()),
         }
     }
 
@@ -57,12 +90,16 @@ impl ControlPlane {
             &self.log_dir,
             self.starts,
             &self.args,
+            self.netns.as_deref(),
         )
         .await;
     }
 
     pub fn url(&self) -> String {
-        format!("https://{}", self.addr)
+        match &self.host {
+            Some(host) => format!("https://{host}:{}", self.addr.port()),
+            None => format!("https://{}", self.addr),
+        }
     }
 
     /// The roots that verify this control plane (it writes them at start).
@@ -84,7 +121,7 @@ impl ControlPlane {
 
     pub fn weirctl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
         use std::io::Write as _;
-        let mut cmd = Command::new(bins::weirctl_bin());
+        let mut cmd = in_netns(self.netns.as_deref(), bins::weirctl_bin());
         cmd.args(["--server", &self.url(), "--token", &self.token()])
             .arg("--trust-bundle")
             .arg(self.trust_bundle())
@@ -137,20 +174,22 @@ async fn spawn(
     log_dir: &Path,
     n: u32,
     args: &[String],
+    netns: Option<&str>,
 ) -> ChildGuard {
     let log = log_dir.join(format!("weir-control-{n}.log"));
-    let mut cmd = Command::new(bins::control_bin());
+    let mut cmd = in_netns(netns, bins::control_bin());
     cmd.args(["serve", "--listen", &addr.to_string(), "--data-dir"])
         .arg(data_dir)
         .args(args);
     let mut child =
         ChildGuard::spawn("weir-control", &mut cmd, Some(&log), false).expect("spawn weir-control");
+    let net = netns.map_or(Net::Host, |ns| Net::Netns(ns.to_owned()));
     // Ready = the gRPC port accepts and the admin token and trust bundle exist.
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
         if data_dir.join("admin.token").is_file()
             && data_dir.join("trust-bundle.pem").is_file()
-            && tokio::net::TcpStream::connect(addr).await.is_ok()
+            && net.connect(addr).await.is_ok()
         {
             return child;
         }
@@ -166,5 +205,17 @@ async fn spawn(
             child.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `program`, run in `netns` when one is given (`ip netns exec` execs it in place).
+fn in_netns(netns: Option<&str>, program: PathBuf) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
     }
 }

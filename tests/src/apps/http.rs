@@ -74,6 +74,8 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody> {
     match req.uri().path() {
         "/echo" => echo(req, &ctx).await,
         "/upload" => upload(req).await,
+        // What a readiness probe polls.
+        "/healthz" => full(StatusCode::OK, "ok"),
         "/bytes" => match query_u64(&req, "n") {
             Some(n) => bytes(n),
             None => full(StatusCode::BAD_REQUEST, "need ?n=<bytes>"),
