@@ -30,13 +30,15 @@ pub struct Image {
     pub user: Option<(u32, u32)>,
 }
 
+/// Mints a projected service-account token: (namespace, service account, pod, audience, ttl).
+pub type TokenSource<'a> = dyn Fn(&str, &str, &str, &str, u64) -> anyhow::Result<String> + 'a;
+
 /// Everything outside the pod spec that the kubelet would supply.
 pub struct PodContext<'a> {
     pub name: String,
     pub namespace: String,
     pub images: &'a HashMap<String, Image>,
-    /// A projected service-account token: (namespace, service account, pod, audience, ttl).
-    pub token: &'a dyn Fn(&str, &str, &str, &str, u64) -> anyhow::Result<String>,
+    pub token: &'a TokenSource<'a>,
     /// ConfigMaps of the pod's namespace: name → key → content.
     pub config_maps: &'a HashMap<String, BTreeMap<String, String>>,
     /// Where the pod's volumes and logs go.
