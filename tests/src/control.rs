@@ -35,18 +35,7 @@ impl ControlPlane {
     pub async fn start_with(data_dir: &Path, log_dir: &Path, args: &[&str]) -> Self {
         let port = free_ports(1).expect("free port")[0];
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let child = spawn(addr, data_dir, log_dir, 1, &args, None).await;
-        Self {
-            child,
-            addr,
-            data_dir: data_dir.to_path_buf(),
-            log_dir: log_dir.to_path_buf(),
-            starts: 1,
-            args,
-            netns: None,
-            host: None,
-        }
+        Self::launch(None, None, addr, data_dir, log_dir, args).await
     }
 
     /// Like `start_with`, inside network namespace `netns` listening on `addr` (an address
@@ -60,9 +49,19 @@ impl ControlPlane {
         log_dir: &Path,
         args: &[&str],
     ) -> Self {
+        Self::launch(Some(netns), Some(host), addr, data_dir, log_dir, args).await
+    }
+
+    async fn launch(
+        netns: Option<&str>,
+        host: Option<&str>,
+        addr: SocketAddr,
+        data_dir: &Path,
+        log_dir: &Path,
+        args: &[&str],
+    ) -> Self {
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let netns = Some(netns.to_owned());
-        let child = spawn(addr, data_dir, log_dir, 1, &args, netns.as_deref()).await;
+        let child = spawn(addr, data_dir, log_dir, 1, &args, netns).await;
         Self {
             child,
             addr,
@@ -70,8 +69,8 @@ impl ControlPlane {
             log_dir: log_dir.to_path_buf(),
             starts: 1,
             args,
-            netns,
-            host: Some(host.to_owned()),
+            netns: netns.map(str::to_owned),
+            host: host.map(str::to_owned),
         }
     }
 

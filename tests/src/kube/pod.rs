@@ -221,8 +221,7 @@ fn make_volumes(
         std::fs::create_dir_all(&dir)?;
         let mut files: Vec<(String, String)> = Vec::new();
         if volume.get("emptyDir").is_some() {
-            // emptyDir is world-writable, so any container uid can use it.
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+            // Nothing to write; its mode (below) lets any container uid use it.
         } else if let Some(cm) = volume.get("configMap") {
             files.extend(config_map_files(cm, ctx)?);
         } else if let Some(projected) = volume.get("projected") {
@@ -254,6 +253,7 @@ fn make_volumes(
             std::fs::write(&file, content)?;
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
         }
+        // emptyDir is world-writable, as the kubelet makes it; the others are read-only data.
         std::fs::set_permissions(
             &dir,
             std::fs::Permissions::from_mode(if volume.get("emptyDir").is_some() {
