@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod kube;
 pub mod load;
+pub mod loadgen;
 pub mod metrics;
 pub mod netns;
 pub mod otlp;

@@ -3,6 +3,7 @@
 pub mod chaos;
 pub mod grpc;
 pub mod http;
+pub mod shop;
 pub mod tcp;
 
 use std::convert::Infallible;
