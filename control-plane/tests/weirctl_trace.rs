@@ -597,7 +597,7 @@ trace {FILE_ERROR}  200ms  2 spans  2 errors
 services: gateway, payment
                                0                         200ms
 ▶ gateway GET /pay             ███████████████████████████████   200ms ERROR 503
-▶   payment POST /charge        ███████████████████████████       180ms ERROR 503
+▶   payment POST /charge        █████████████████████████████    180ms ERROR 503
 ▶ critical path: the spans that set the total latency
 "
         )

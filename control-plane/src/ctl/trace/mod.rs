@@ -182,7 +182,8 @@ pub(crate) async fn run(args: TraceArgs) -> Outcome {
         (None, _, _) => Many::List,
     };
     let service = args.service.as_deref();
-    let (traces, searched) = match source {
+    // Jaeger's search already chose the traces of `service`; only files are narrowed here.
+    let (traces, searched, narrow) = match source {
         Source::Jaeger(jaeger) => {
             let Some(service) = service else {
                 return Err(Usage(
@@ -200,23 +201,23 @@ pub(crate) async fn run(args: TraceArgs) -> Outcome {
                  to arrive)",
                 query::short_duration(args.lookback)
             );
-            (traces, searched)
+            (traces, searched, None)
         }
         Source::Files(loaded) => {
             let what = loaded.describe();
-            (loaded.traces, what)
+            (loaded.traces, what, service)
         }
     };
     let of = service.map_or_else(String::new, |s| format!(" of service {s:?}"));
     let last = usize::try_from(args.last).unwrap_or(usize::MAX);
     let listed = match many {
         Many::Slowest => {
-            let trace = select::slowest(traces, service)
+            let trace = select::slowest(traces, narrow)
                 .ok_or_else(|| anyhow!("no traces{of} in {searched}"))?;
             return show(&trace, args.output);
         }
         Many::List => {
-            let mut traces = select::newest_first(traces, service);
+            let mut traces = select::newest_first(traces, narrow);
             traces.truncate(last);
             if traces.is_empty() && args.output == TraceFormat::Text {
                 eprintln!("no traces{of} in {searched}");
@@ -224,7 +225,7 @@ pub(crate) async fn run(args: TraceArgs) -> Outcome {
             traces
         }
         Many::Errors => {
-            let mut traces: Vec<Trace> = select::newest_first(traces, service)
+            let mut traces: Vec<Trace> = select::newest_first(traces, narrow)
                 .into_iter()
                 .filter(select::has_error)
                 .collect();
