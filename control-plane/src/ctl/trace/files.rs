@@ -191,7 +191,8 @@ fn read(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match jaeger::parse_otlp(&line) {
+        // Without the newline, serde's "line 1 column N" points into this line.
+        match jaeger::parse_otlp(line.trim_ascii_end()) {
             Ok(traces) => merge(traces, loaded, index),
             // Only the last line can lack its newline: the writer is still writing it.
             Err(_) if !complete => {}
@@ -307,7 +308,8 @@ mod tests {
         let warning = loaded.warning().unwrap_or_default();
         assert!(
             warning.starts_with(&format!(
-                "warning: skipped 2 lines that are not OTLP JSON (first: {}:2: ",
+                "warning: skipped 2 lines that are not OTLP JSON (first: {}:2: expected ident at \
+                 line 1 column 2)",
                 path.display()
             )),
             "{warning}"
