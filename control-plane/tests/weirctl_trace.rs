@@ -21,6 +21,10 @@ const CHAIN: &str = include_str!("fixtures/trace_chain_v1.json");
 const FANOUT: &str = include_str!("fixtures/trace_fanout_v1.json");
 const ORPHAN: &str = include_str!("fixtures/trace_orphan_v1.json");
 const CHAIN_V3: &str = include_str!("fixtures/trace_chain_v3.json");
+const SEARCH_V3: &str = include_str!("fixtures/trace_search_v3.json");
+/// OTLP JSON lines as `weir-proxy --trace-file` writes them: three traces of gateway and
+/// payment, spans of a trace on several lines.
+const SPANS: &str = include_str!("fixtures/trace_spans.jsonl");
 const CHAIN_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const FANOUT_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const V3_ID: &str = "5b8efff798038103d269b633813fc60c";
@@ -29,7 +33,8 @@ const V1_NOT_FOUND: &str = r#"{"data":null,"total":0,"limit":0,"offset":0,"error
 
 type Routes = HashMap<String, (StatusCode, String)>;
 
-/// Answers each path-and-query from `routes` (404 otherwise) and records what was asked.
+/// Answers each path-and-query, else each path, from `routes` (Go's plain 404 otherwise) and
+/// records what was asked.
 struct Jaeger {
     url: String,
     asked: Arc<Mutex<Vec<String>>>,
@@ -74,8 +79,10 @@ impl Jaeger {
                             .path_and_query()
                             .map_or_else(String::new, |p| p.to_string());
                         log.lock().expect("log").push(key.clone());
+                        // A search is routed by its path: its query has the current time.
                         let (status, body) = routes
                             .get(&key)
+                            .or_else(|| routes.get(req.uri().path()))
                             .cloned()
                             .unwrap_or((StatusCode::NOT_FOUND, "404 page not found".into()));
                         let response = Response::builder()
@@ -317,7 +324,8 @@ fn lists_the_newest_traces_of_a_service() {
         "total": 0, "limit": 0, "offset": 0, "errors": null,
     })
     .to_string();
-    let jaeger = Jaeger::start(&[("/api/traces?service=orders&limit=2", StatusCode::OK, &body)]);
+    // No api_v3 here (Go's plain 404): the v1 search answers.
+    let jaeger = Jaeger::start(&[("/api/traces", StatusCode::OK, &body)]);
     let run = jaeger
         .trace(&["--service", "orders", "--last", "2"])
         .code(0);
@@ -338,9 +346,36 @@ fn lists_the_newest_traces_of_a_service() {
         "{}",
         lines[2]
     );
+    let asked = jaeger.asked();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert!(
+        asked[0].starts_with("/api/v3/traces?query.service_name=orders&query.start_time_min=20"),
+        "{}",
+        asked[0]
+    );
+    assert!(
+        asked[0].contains("&query.start_time_max=20") && asked[0].ends_with("&query.num_traces=2")
+    );
+    assert!(
+        asked[1].starts_with("/api/traces?service=orders&limit=2&lookback=1h&start="),
+        "{}",
+        asked[1]
+    );
+    // --lookback sets the window of both searches.
+    let (start, end) = v1_window(&asked[1]);
+    assert_eq!((end - start) / 1_000_000, 3600, "{}", asked[1]);
 
     let run = jaeger
-        .trace(&["--service", "orders", "--last", "2", "-o", "json"])
+        .trace(&[
+            "--service",
+            "orders",
+            "--last",
+            "2",
+            "-o",
+            "json",
+            "--lookback",
+            "2h",
+        ])
         .code(0);
     let json: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
     let ids: Vec<&str> = json
@@ -350,17 +385,246 @@ fn lists_the_newest_traces_of_a_service() {
         .filter_map(|t| t["trace_id"].as_str())
         .collect();
     assert_eq!(ids, [FANOUT_ID, CHAIN_ID]);
+    let asked = jaeger.asked();
+    let (start, end) = v1_window(&asked[3]);
+    assert_eq!((end - start) / 1_000_000, 7200, "{}", asked[3]);
+    assert!(asked[3].contains("&lookback=2h&"));
 
+    // api_v3 that found nothing says so with a 404 of its own: no second search.
     let jaeger = Jaeger::start(&[(
-        "/api/traces?service=idle&limit=10",
-        StatusCode::OK,
-        r#"{"data":[],"errors":null}"#,
+        "/api/v3/traces",
+        StatusCode::NOT_FOUND,
+        r#"{"error":{"httpCode":404,"message":"No traces found"}}"#,
     )]);
     let run = jaeger.trace(&["--service", "idle"]).code(0);
     assert!(run.stdout.is_empty());
     assert!(
-        run.stderr.contains("no traces of service \"idle\""),
+        run.stderr
+            .contains("no traces of service \"idle\" in Jaeger's last 1h"),
         "{}",
         run.stderr
     );
+    assert_eq!(jaeger.asked().len(), 1);
+}
+
+/// `start` and `end` (microseconds) of a v1 search path.
+fn v1_window(path: &str) -> (u64, u64) {
+    let param = |name: &str| {
+        path.split(['?', '&'])
+            .find_map(|p| p.strip_prefix(name))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in {path}"))
+    };
+    (param("start="), param("end="))
+}
+
+const SEARCH_OLD: &str = "1a2b3c4d5e6f708192a3b4c5d6e7f801";
+const SEARCH_NEW: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a0";
+
+#[test]
+fn api_v3_search_serves_slowest_and_errors() {
+    let jaeger = Jaeger::start(&[("/api/v3/traces", StatusCode::OK, SEARCH_V3)]);
+    let run = jaeger.trace(&["--service", "payment", "--errors"]).code(0);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stdout);
+    assert!(
+        lines[1].starts_with(&format!(
+            "{SEARCH_NEW}  2023-11-14T22:14:20Z      30ms      2    2  gateway GET /pay"
+        )),
+        "{}",
+        lines[1]
+    );
+    let run = jaeger
+        .trace(&["--service", "payment", "--slowest", "-o", "json"])
+        .code(0);
+    let json = run.json();
+    assert_eq!(
+        (json["trace_id"].as_str(), json["span_count"].as_u64()),
+        (Some(SEARCH_OLD), Some(2))
+    );
+    assert_eq!(json["duration_us"], 80_000);
+    let asked = jaeger.asked();
+    assert_eq!(
+        asked.len(),
+        2,
+        "api_v3 answered: v1 is not asked: {asked:?}"
+    );
+    assert!(
+        asked
+            .iter()
+            .all(|a| a.starts_with("/api/v3/traces?query.service_name=payment&"))
+    );
+    assert!(
+        asked[1].ends_with("&query.num_traces=100"),
+        "picked from Jaeger's search depth"
+    );
+
+    let run = weirctl(&["trace", "--slowest"], &[]).code(2);
+    assert!(
+        run.stderr.contains("--service") || run.stderr.contains("--file"),
+        "{}",
+        run.stderr
+    );
+}
+
+// === --file ===
+
+const FILE_SLOW: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const FILE_ERROR: &str = "0af7651916cd43dd8448eb211c80319c";
+const FILE_HEALTH: &str = "5b8efff798038103d269b633813fc60c";
+
+/// The fixture as two proxies would leave it: the gateway's file rotated once, the payment
+/// proxy's last line cut off mid-write, and a bad line.
+fn span_files() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lines: Vec<&str> = SPANS.lines().collect();
+    let (gateway, payment): (Vec<&str>, Vec<&str>) = lines
+        .iter()
+        .partition(|l| l.contains(r#""stringValue":"gateway""#));
+    assert_eq!((gateway.len(), payment.len()), (3, 2), "fixture");
+    let write = |name: &str, text: String| {
+        std::fs::write(dir.path().join(name), text).expect("write fixture");
+    };
+    write("gateway.jsonl.1", format!("{}\n", gateway[0]));
+    write(
+        "gateway.jsonl",
+        format!("{}\n{{oops\n{}\n", gateway[1], gateway[2]),
+    );
+    let cut = &payment[0][..payment[0].len() / 2];
+    write(
+        "payment.jsonl",
+        format!("{}\n{}\n{cut}", payment[0], payment[1]),
+    );
+    dir
+}
+
+fn file_trace(args: &[&str]) -> Run {
+    let mut all = vec!["trace"];
+    all.extend_from_slice(args);
+    // A Jaeger URL that would fail: --file must not touch it.
+    weirctl(&all, &[("WEIR_JAEGER_URL", "https://nowhere:1")])
+}
+
+#[test]
+fn file_lists_newest_first() {
+    let dir = span_files();
+    let path = dir.path().to_string_lossy().into_owned();
+    let run = file_trace(&["--file", &path]).code(0);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", run.stdout);
+    assert!(lines[0].starts_with("TRACE ID "));
+    let expect = [
+        format!("{FILE_ERROR}  2018-12-13T14:52:00Z     200ms      2    2  gateway GET /pay"),
+        format!("{FILE_HEALTH}  2018-12-13T14:51:30Z       5ms      1    0  gateway GET /health"),
+        format!("{FILE_SLOW}  2018-12-13T14:51:00Z        1s      3    0  gateway GET /pay"),
+    ];
+    assert_eq!(lines[1..], expect, "{}", run.stdout);
+    // One warning for the bad line, none for the cut-off last one.
+    let warning = format!(
+        "warning: skipped 1 line that is not OTLP JSON (first: {}:2: ",
+        dir.path().join("gateway.jsonl").display()
+    );
+    assert!(run.stderr.starts_with(&warning), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+
+    let run = file_trace(&["--file", &path, "--errors", "-o", "json"]).code(0);
+    let ids: Vec<String> = run
+        .json()
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|t| t["trace_id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(ids, [FILE_ERROR]);
+    let run = file_trace(&[
+        "--file",
+        &path,
+        "--list",
+        "--last",
+        "1",
+        "--service",
+        "gateway",
+    ])
+    .code(0);
+    assert_eq!(run.stdout.lines().count(), 2);
+    assert!(run.stdout.contains(FILE_ERROR));
+}
+
+#[test]
+fn file_slowest_and_one_trace() {
+    let dir = span_files();
+    let gateway = dir
+        .path()
+        .join("gateway.jsonl")
+        .to_string_lossy()
+        .into_owned();
+    let payment = dir
+        .path()
+        .join("payment.jsonl")
+        .to_string_lossy()
+        .into_owned();
+    // gateway.jsonl.1 holds the slow trace's root: read because gateway.jsonl is.
+    let run = file_trace(&[
+        "--file",
+        &gateway,
+        "--file",
+        &payment,
+        "--slowest",
+        "-o",
+        "json",
+    ])
+    .code(0);
+    let json = run.json();
+    assert_eq!(json["trace_id"], FILE_SLOW);
+    assert_eq!(json["span_count"], 3);
+    assert_eq!(json["duration_us"], 1_000_000);
+    let services = &json["services"];
+    assert_eq!(services, &serde_json::json!(["gateway", "payment"]));
+    assert_eq!(
+        json["spans"][2]["parent_id"], "a2fb4a1d1a96d312",
+        "merged across files"
+    );
+    assert_eq!(json["spans"][2]["orphan"], false);
+
+    let run = file_trace(&["--file", &gateway, "--file", &payment, FILE_ERROR])
+        .code(0)
+        .fits();
+    assert_eq!(
+        run.stdout,
+        format!(
+            "\
+trace {FILE_ERROR}  200ms  2 spans  2 errors
+services: gateway, payment
+                               0                         200ms
+▶ gateway GET /pay             ███████████████████████████████   200ms ERROR 503
+▶   payment POST /charge        █████████████████████████████    180ms ERROR 503
+▶ critical path: the spans that set the total latency
+"
+        )
+    );
+}
+
+#[test]
+fn file_missing_trace_is_an_error() {
+    let dir = span_files();
+    let path = dir.path().to_string_lossy().into_owned();
+    let missing = "ffffffffffffffffffffffffffffffff";
+    let run = file_trace(&["--file", &path, missing]).code(1);
+    assert!(run.stdout.is_empty());
+    let gateway = dir.path().join("gateway.jsonl");
+    assert!(
+        run.stderr.contains(&format!(
+            "error: trace {missing} not found in {}.1, {} and {} (3 traces)",
+            gateway.display(),
+            gateway.display(),
+            dir.path().join("payment.jsonl").display()
+        )),
+        "{}",
+        run.stderr
+    );
+    let gone = dir.path().join("gone.jsonl").to_string_lossy().into_owned();
+    let run = file_trace(&["--file", &gone]).code(1);
+    assert!(run.stderr.contains("gone.jsonl"), "{}", run.stderr);
+    let run = file_trace(&["--file", &path, "--lookback", "2h"]).code(2);
+    assert!(run.stderr.contains("--lookback"), "{}", run.stderr);
 }

@@ -206,7 +206,8 @@ pub struct RunArgs {
     pub probe_paths: Vec<String>,
 
     /// This pod's name, exported as the `k8s.pod.name` of its spans (Kubernetes: from the
-    /// downward API). Falls back to `POD_NAME`. Spans go to `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    /// downward API). Falls back to `POD_NAME`. Spans go to `OTEL_EXPORTER_OTLP_ENDPOINT` and/or
+    /// --trace-file.
     #[arg(long, env = "WEIR_POD_NAME")]
     pub pod_name: Option<String>,
 
@@ -215,6 +216,18 @@ pub struct RunArgs {
     #[arg(long, env = "WEIR_TRACE_QUEUE_SIZE", default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub trace_queue_size: u32,
+
+    /// Append spans to this file as OTLP/JSON lines (one export request per line, as the
+    /// OpenTelemetry Collector's `file` exporter writes them), with or without
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: either one enables tracing, both get every span.
+    #[arg(long, env = "WEIR_TRACE_FILE")]
+    pub trace_file: Option<PathBuf>,
+
+    /// When the next line would take --trace-file past this size, it is renamed to PATH.1
+    /// (replacing the previous one) and a new file is started: at most twice this on disk.
+    #[arg(long, env = "WEIR_TRACE_FILE_MAX_BYTES", default_value_t = 16 << 20,
+          value_parser = clap::value_parser!(u64).range(weir_trace::MIN_FILE_BYTES..))]
+    pub trace_file_max_bytes: u64,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

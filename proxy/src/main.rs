@@ -286,42 +286,58 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// How long an exiting proxy waits for its last spans to reach the collector.
 const SPAN_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Spans go to `OTEL_EXPORTER_OTLP_ENDPOINT` (design §3) when it is set; without it nothing
-/// is recorded and trace headers pass through untouched. A malformed endpoint stops the
-/// start, like any other bad configuration.
+/// Spans go to `OTEL_EXPORTER_OTLP_ENDPOINT` (design §3) when it is set, to `--trace-file`
+/// when given, or to both; with neither nothing is recorded and trace headers pass through
+/// untouched. A malformed endpoint or a file that cannot be created stops the start, like
+/// any other bad configuration.
 fn start_tracing(
     args: &RunArgs,
     local: &LocalIdentity,
     metrics: &Metrics,
 ) -> anyhow::Result<trace::Tracing> {
-    let endpoint = std::env::var(weir_trace::ENDPOINT_ENV)
-        .ok()
-        .map(|e| e.trim().to_owned())
-        .filter(|e| !e.is_empty());
-    let tracer = match endpoint {
-        None => weir_trace::Tracer::disabled(),
-        Some(endpoint) => {
-            let pod_name = args
-                .pod_name
-                .clone()
-                .or_else(|| std::env::var("POD_NAME").ok())
-                .filter(|p| !p.is_empty());
-            let resource = weir_trace::Resource {
-                service_name: local.service.clone(),
-                namespace: Some(local.namespace.clone()),
-                pod_name,
-            };
-            let queue = args.trace_queue_size as usize;
-            let config = weir_trace::ExportConfig {
-                queue_capacity: queue,
-                max_batch: queue.min(512),
-                ..weir_trace::ExportConfig::default()
-            };
-            let tracer = weir_trace::Tracer::start(&endpoint, resource, config)
-                .with_context(|| format!("cannot export spans ({})", weir_trace::ENDPOINT_ENV))?;
+    let outputs = weir_trace::Outputs {
+        otlp: std::env::var(weir_trace::ENDPOINT_ENV)
+            .ok()
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty()),
+        file: args.trace_file.as_ref().map(|path| weir_trace::FileConfig {
+            path: path.clone(),
+            max_bytes: args.trace_file_max_bytes,
+        }),
+    };
+    let tracer = if outputs.otlp.is_none() && outputs.file.is_none() {
+        weir_trace::Tracer::disabled()
+    } else {
+        let pod_name = args
+            .pod_name
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .filter(|p| !p.is_empty());
+        let resource = weir_trace::Resource {
+            service_name: local.service.clone(),
+            namespace: Some(local.namespace.clone()),
+            pod_name,
+        };
+        let queue = args.trace_queue_size as usize;
+        let config = weir_trace::ExportConfig {
+            queue_capacity: queue,
+            max_batch: queue.min(512),
+            ..weir_trace::ExportConfig::default()
+        };
+        let tracer =
+            weir_trace::Tracer::start_with(&outputs, resource, config).with_context(|| {
+                format!(
+                    "cannot export spans ({} / --trace-file)",
+                    weir_trace::ENDPOINT_ENV
+                )
+            })?;
+        if let Some(endpoint) = &outputs.otlp {
             tracing::info!(%endpoint, queue, "exporting spans over OTLP/gRPC");
-            tracer
         }
+        if let Some(file) = &outputs.file {
+            tracing::info!(path = %file.path.display(), max_bytes = file.max_bytes, queue, "writing spans to a file as OTLP/JSON lines");
+        }
+        tracer
     };
     let _ = metrics.tracer.set(tracer.clone());
     Ok(trace::Tracing::new(tracer, &local.service))

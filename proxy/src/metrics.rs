@@ -295,7 +295,7 @@ impl Metrics {
     fn render_trace(&self, out: &mut String) {
         let tracer = self.tracer.get();
         let get = |f: fn(&weir_trace::Tracer) -> u64| tracer.map_or(0, f);
-        let series: [(&str, &str, &str, u64); 4] = [
+        let series: [(&str, &str, &str, u64); 6] = [
             (
                 "weir_trace_spans_exported_total",
                 "counter",
@@ -313,6 +313,18 @@ impl Metrics {
                 "counter",
                 "Spans lost in exports that failed, timed out or were rejected by the collector.",
                 get(weir_trace::Tracer::export_failed),
+            ),
+            (
+                "weir_trace_file_spans_written_total",
+                "counter",
+                "Spans appended to --trace-file.",
+                get(weir_trace::Tracer::file_written),
+            ),
+            (
+                "weir_trace_file_write_failures_total",
+                "counter",
+                "Spans not written to --trace-file: write errors (disk full, directory gone); the next batch retries.",
+                get(weir_trace::Tracer::file_failed),
             ),
             (
                 "weir_trace_spans_queued",
@@ -361,7 +373,9 @@ mod tests {
         m.tracer
             .set(weir_trace::Tracer::disabled())
             .expect("first set");
-        assert!(m.render().contains("weir_trace_export_failures_total 0\n"));
+        let text = m.render();
+        assert!(text.contains("weir_trace_export_failures_total 0\n"));
+        assert!(text.contains("weir_trace_file_write_failures_total 0\n"));
     }
 
     #[test]

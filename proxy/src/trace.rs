@@ -4,7 +4,8 @@
 //! a side asks it for a decision, writes the decision into the forwarded request, and hands
 //! the finished span back. What each decision costs on the hot path:
 //!
-//! - no collector (`OTEL_EXPORTER_OTLP_ENDPOINT` unset): one branch; headers pass untouched.
+//! - no span output (neither `OTEL_EXPORTER_OTLP_ENDPOINT` nor `--trace-file`): one branch;
+//!   headers pass untouched.
 //! - not sampled because the request already says so (`traceparent …-00`, `b3: 0`): the
 //!   header look-ups of `weir_trace::extract`; headers pass untouched, since the decision
 //!   they carry is already the right one for the next hop.
@@ -65,7 +66,7 @@ pub struct Tracing {
 /// What one hop does with one request's trace context.
 #[derive(Debug)]
 enum Hop {
-    /// No collector: nothing recorded, headers untouched.
+    /// No span output: nothing recorded, headers untouched.
     Off,
     /// Not sampled, and the request already carries that decision: headers untouched.
     Inherited,

@@ -1,5 +1,5 @@
 //! Trace context propagation (W3C Trace Context, B3 single and multi), span records and
-//! their OTLP/gRPC export for the proxy.
+//! their export for the proxy: OTLP/gRPC to a collector, OTLP/JSON lines to a file, or both.
 //!
 //! The hot path touches three things, none of which locks or formats strings:
 //! - [`start_or_continue`] reads the request's headers and decides this hop's span
@@ -34,11 +34,14 @@
 //! [`Tracer::disabled`] (no endpoint) skip all of this and forward headers untouched.
 
 pub mod export;
+mod file;
 mod id;
+mod json;
 mod propagation;
 mod span;
 
-pub use export::{ENDPOINT_ENV, ExportConfig, Tracer};
+pub use export::{ENDPOINT_ENV, ExportConfig, Outputs, Tracer};
+pub use file::{FileConfig, MIN_FILE_BYTES};
 pub use id::{SpanId, TraceId};
 pub use propagation::{
     Extracted, Format, Sampling, TraceContext, extract, inject, start_or_continue,
@@ -55,4 +58,11 @@ pub enum Error {
     Config(&'static str),
     #[error("the OTLP exporter must be started from inside a tokio runtime")]
     NoRuntime,
+    #[error("no span output: give an OTLP endpoint, a trace file or both")]
+    NoOutput,
+    #[error("trace file {path}: {source}", path = path.display())]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }

@@ -5,15 +5,18 @@
 //!   `/api/traces/{id}` and `/api/traces?service=…` by Jaeger 1.x and still by Jaeger 2.x for
 //!   its UI: `{"data":[{"traceID","spans":[…],"processes":{…}}],"errors":[{"code","msg"}]}`,
 //!   times in microseconds, the parent in `references` (`CHILD_OF`, else `FOLLOWS_FROM`);
-//! - api_v3 of Jaeger 2.x (`/api/v3/traces/{id}`, the HTTP gateway of the jaegerquery
-//!   extension): OTLP JSON wrapped as `{"result":{"resourceSpans":[…]}}`. Jaeger 1.x's own
-//!   api_v3 gateway wrote the same `TracesData` without the `result` wrapper, so both are read.
-//!   It is gogo `jsonpb` output: 64-bit numbers are strings, zero values are left out, ids are
-//!   hex, enums are numbers (names are accepted too), the service is the resource's
-//!   `service.name`.
+//! - api_v3 (`/api/v3/traces/{id}` and the search `/api/v3/traces?query.…`, the HTTP gateway of
+//!   Jaeger 2.x's jaegerquery extension and of Jaeger 1.x query): OTLP JSON wrapped as
+//!   `{"result":{"resourceSpans":[…]}}`, a search's traces all in one `resourceSpans` list;
+//!   errors, including a search that found nothing (404), as
+//!   `{"error":{"httpCode","message"}}`. It is gogo `jsonpb` output: 64-bit numbers are
+//!   strings, zero values are left out, ids are hex, enums are numbers (names are accepted
+//!   too), the service is the resource's `service.name`.
+//! - the same OTLP JSON without the wrapper: one line of an OpenTelemetry Collector `file`
+//!   exporter or of `weir-proxy --trace-file` (see `files`), where ids may also be base64.
 //!
 //! Fields the renderer does not use (logs, flags, kind, scope) are not parsed, so a newer Jaeger
-//! adding fields cannot break `weirctl trace`.
+//! or collector adding fields cannot break `weirctl trace`.
 
 use std::collections::HashMap;
 
@@ -282,8 +285,15 @@ impl AnyValue {
 
 /// Parses an `/api/v3/traces/…` answer; one trace per trace id, in the order first seen.
 pub fn parse_v3(body: &[u8]) -> anyhow::Result<Vec<Trace>> {
-    let response: V3Response = serde_json::from_slice(body)
-        .context("not Jaeger's api_v3 JSON (`{\"result\": {\"resourceSpans\": [...]}}`)")?;
+    parse_otlp(body)
+        .context("not Jaeger's api_v3 JSON (`{\"result\": {\"resourceSpans\": [...]}}`)")
+}
+
+/// Parses OTLP/JSON spans: an `ExportTraceServiceRequest` or `TracesData` (one line of an
+/// OpenTelemetry Collector `file` exporter or `weir-proxy --trace-file`), or the same wrapped
+/// in api_v3's `{"result": …}`. One trace per trace id, in the order first seen.
+pub fn parse_otlp(body: &[u8]) -> anyhow::Result<Vec<Trace>> {
+    let response: V3Response = serde_json::from_slice(body)?;
     let resource_spans = response
         .result
         .and_then(|r| r.resource_spans)
@@ -303,7 +313,7 @@ pub fn parse_v3(body: &[u8]) -> anyhow::Result<Vec<Trace>> {
             .unwrap_or_else(|| "unknown".into());
         for scope in rs.scope_spans.unwrap_or_default() {
             for span in scope.spans.unwrap_or_default() {
-                let trace_id = span.trace_id.to_ascii_lowercase();
+                let trace_id = otlp_id(&span.trace_id);
                 let span = otlp_span(span, &service)?;
                 let slot = *index.entry(trace_id.clone()).or_insert_with(|| {
                     traces.push(Trace {
@@ -344,8 +354,8 @@ fn otlp_span(span: OtlpSpan, service: &str) -> anyhow::Result<Span> {
         _ => false,
     };
     Ok(Span {
-        id: span.span_id.to_ascii_lowercase(),
-        parent: Some(span.parent_span_id.to_ascii_lowercase()).filter(|p| !p.is_empty()),
+        id: otlp_id(&span.span_id),
+        parent: Some(otlp_id(&span.parent_span_id)).filter(|p| !p.is_empty()),
         service: service.to_string(),
         name: span.name,
         start_us: start / 1000,
@@ -370,4 +380,45 @@ fn json_u64_or_i64(value: &Json) -> Option<i64> {
         }),
         _ => None,
     }
+}
+
+/// OTLP/JSON ids are hex; protobuf's generic JSON mapping (which some collectors and older
+/// api_v3 gateways use) writes the bytes as base64 instead. Both become lower-case hex, so spans
+/// of one trace written by different writers still meet.
+fn otlp_id(text: &str) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let text = text.trim();
+    if text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return text.to_ascii_lowercase();
+    }
+    [STANDARD, URL_SAFE, STANDARD_NO_PAD, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok())
+        .filter(|bytes| matches!(bytes.len(), 8 | 16))
+        .map_or_else(|| text.to_ascii_lowercase(), hex::encode)
+}
+
+/// The body of a non-200 api_v3 answer (`GRPCGatewayError` in Jaeger's `query_service.proto`):
+/// `{"error":{"httpCode":404,"message":"No traces found"}}`. Telling it apart from a plain 404
+/// page says whether api_v3 is there at all.
+#[derive(Debug, Deserialize)]
+struct GatewayError {
+    error: GatewayErrorDetails,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GatewayErrorDetails {
+    #[serde(default, alias = "http_code")]
+    http_code: i64,
+    #[serde(default)]
+    message: String,
+}
+
+/// `(httpCode, message)` of an api_v3 error answer, `None` when the body is not one.
+pub fn gateway_error(body: &[u8]) -> Option<(i64, String)> {
+    serde_json::from_slice::<GatewayError>(body)
+        .ok()
+        .map(|e| (e.error.http_code, e.error.message))
 }

@@ -3,7 +3,7 @@
 //! hyper's legacy client rather than a full HTTP crate: weirctl makes one or two GETs, and hyper
 //! is already in the build.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
 use http_body_util::{BodyExt, Empty, Limited};
@@ -15,6 +15,8 @@ use hyper_util::rt::TokioExecutor;
 
 use super::jaeger::{self, V1};
 use super::model::Trace;
+use super::select;
+use crate::ctl::output;
 
 /// A search for many traces can take Jaeger a while; a stuck one should not hang a terminal.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -80,14 +82,32 @@ impl Jaeger {
         }
     }
 
-    /// Jaeger's search (`/api/traces?service=S&limit=N`), over its default lookback.
-    pub async fn search(&self, service: &str, limit: u32) -> anyhow::Result<Vec<Trace>> {
-        let path = format!("/api/traces?service={}&limit={limit}", encode(service));
-        let (status, body) = self.get(&path).await?;
-        if status != StatusCode::OK {
-            return Err(self.refused(&path, status, &body));
+    /// The newest `limit` traces that involve `service` and started within `lookback`: api_v3's
+    /// search, or the v1 search when this Jaeger has no api_v3 (see [`v3_search_answer`]).
+    pub async fn search(
+        &self,
+        service: &str,
+        limit: u32,
+        lookback: Duration,
+    ) -> anyhow::Result<Vec<Trace>> {
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let window = Window::new(now_us, lookback);
+        let v3 = v3_search_path(service, limit, window);
+        let (status, body) = self.get(&v3).await?;
+        match v3_search_answer(status, &body) {
+            V3Search::Traces(traces) => return Ok(traces),
+            V3Search::Absent => {}
+            V3Search::Bad(err) => return Err(err.context(self.bad(&v3))),
+            V3Search::Refused => return Err(self.refused(&v3, status, &body)),
         }
-        match jaeger::parse_v1(&body).with_context(|| self.bad(&path))? {
+        let v1 = v1_search_path(service, limit, window);
+        let (status, body) = self.get(&v1).await?;
+        if status != StatusCode::OK {
+            return Err(self.refused(&v1, status, &body));
+        }
+        match jaeger::parse_v1(&body).with_context(|| self.bad(&v1))? {
             V1::Traces(traces) => Ok(traces),
             V1::NotFound => Ok(Vec::new()),
         }
@@ -151,12 +171,99 @@ impl Jaeger {
     }
 }
 
+/// What an api_v3 search answer means.
+#[derive(Debug)]
+pub enum V3Search {
+    /// api_v3 answered: these traces (none when it found none).
+    Traces(Vec<Trace>),
+    /// This Jaeger has no api_v3 here: ask v1.
+    Absent,
+    /// api_v3 answered with something that is not its JSON.
+    Bad(anyhow::Error),
+    /// api_v3 answered with an error of its own.
+    Refused,
+}
+
+/// Tells "api_v3 found nothing" (404 with its error JSON, Jaeger 2.x) from "there is no
+/// api_v3" (a bare 404 from the router, or the UI's HTML page served for an unknown path).
+pub fn v3_search_answer(status: StatusCode, body: &[u8]) -> V3Search {
+    match status {
+        StatusCode::OK => match jaeger::parse_v3(body) {
+            Ok(traces) => V3Search::Traces(traces),
+            Err(_) if !body.trim_ascii_start().starts_with(b"{") => V3Search::Absent,
+            Err(err) => V3Search::Bad(err),
+        },
+        StatusCode::NOT_FOUND if jaeger::gateway_error(body).is_some() => {
+            V3Search::Traces(Vec::new())
+        }
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED => {
+            V3Search::Absent
+        }
+        _ => V3Search::Refused,
+    }
+}
+
+/// A search's time range, in microseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start_us: u64,
+    pub end_us: u64,
+    lookback: Duration,
+}
+
+impl Window {
+    pub fn new(now_us: u64, lookback: Duration) -> Window {
+        let back = u64::try_from(lookback.as_micros()).unwrap_or(u64::MAX);
+        Window {
+            // RFC 3339 has no time before the epoch, and weirctl writes 0 as `-`.
+            start_us: now_us.saturating_sub(back).max(1_000_000),
+            // api_v3 takes whole seconds here; round up so a trace of this second is in.
+            end_us: now_us.div_ceil(1_000_000).saturating_mul(1_000_000),
+            lookback,
+        }
+    }
+}
+
+/// api_v3's search. The snake_case names are the ones every Jaeger with api_v3 takes (2.19
+/// renamed them to camelCase and keeps these as aliases); `num_traces` is the alias of
+/// `search_depth`. Times are RFC 3339, and start_time_min must be before start_time_max.
+pub fn v3_search_path(service: &str, limit: u32, window: Window) -> String {
+    let rfc3339 = |us: u64| output::timestamp(i64::try_from(us / 1000).unwrap_or(i64::MAX));
+    format!(
+        "/api/v3/traces?query.service_name={}&query.start_time_min={}\
+         &query.start_time_max={}&query.num_traces={limit}",
+        encode(service),
+        encode(&rfc3339(window.start_us)),
+        encode(&rfc3339(window.end_us)),
+    )
+}
+
+/// The v1 search as Jaeger's UI sends it: the server reads `start` and `end` (microseconds);
+/// `lookback` only names the range for people reading logs.
+pub fn v1_search_path(service: &str, limit: u32, window: Window) -> String {
+    format!(
+        "/api/traces?service={}&limit={limit}&lookback={}&start={}&end={}",
+        encode(service),
+        short_duration(window.lookback),
+        window.start_us,
+        window.end_us,
+    )
+}
+
+/// `2d`, `1h`, `90m`, `45s`: Jaeger UI's lookback names, and how `--lookback` was written.
+pub fn short_duration(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// The trace asked for; Jaeger drops leading zeros of 64-bit ids, so compare without them.
 fn pick(traces: Vec<Trace>, id: &str) -> Option<Trace> {
-    let short = |s: &str| s.trim_start_matches('0').to_ascii_lowercase();
-    let want = short(id);
     let mut traces: Vec<Trace> = traces.into_iter().filter(|t| !t.spans.is_empty()).collect();
-    match traces.iter().position(|t| short(&t.id) == want) {
+    match traces.iter().position(|t| select::same_id(&t.id, id)) {
         Some(i) => Some(traces.swap_remove(i)),
         None => traces.into_iter().next(),
     }
@@ -188,5 +295,30 @@ mod tests {
             assert!(err.is_some_and(|e| e.contains("--jaeger")), "{bad}");
         }
         assert_eq!(encode("a b&c/ü"), "a%20b%26c%2F%C3%BC");
+    }
+
+    #[test]
+    fn search_urls() {
+        // 2023-11-14T22:13:20.5Z, an hour back.
+        let window = Window::new(1_700_000_000_500_000, Duration::from_secs(3600));
+        assert_eq!(
+            (window.start_us, window.end_us),
+            (1_699_996_400_500_000, 1_700_000_001_000_000)
+        );
+        assert_eq!(
+            v3_search_path("pay ment", 20, window),
+            "/api/v3/traces?query.service_name=pay%20ment\
+             &query.start_time_min=2023-11-14T21%3A13%3A20Z\
+             &query.start_time_max=2023-11-14T22%3A13%3A21Z&query.num_traces=20"
+        );
+        assert_eq!(
+            v1_search_path("payment", 20, window),
+            "/api/traces?service=payment&limit=20&lookback=1h\
+             &start=1699996400500000&end=1700000001000000"
+        );
+        let window = Window::new(1_700_000_000_000_000, Duration::from_secs(90 * 60));
+        assert!(v1_search_path("p", 1, window).contains("&lookback=90m&"));
+        let window = Window::new(1_700_000_000_000_000, Duration::from_secs(45));
+        assert!(v1_search_path("p", 1, window).contains("&lookback=45s&"));
     }
 }

@@ -3,16 +3,24 @@
 use clap::Parser as _;
 use unicode_width::UnicodeWidthStr as _;
 
-use super::jaeger::{V1, parse_v1, parse_v3};
+use std::time::Duration;
+
+use hyper::StatusCode;
+
+use super::jaeger::{V1, gateway_error, parse_v1, parse_v3};
 use super::model::{Span, Trace};
-use super::parse_trace_id;
+use super::query::{V3Search, v3_search_answer};
 use super::render::{self, View, human};
+use super::{parse_lookback, parse_trace_id, select};
 use crate::ctl::{Cli, Command, TraceFormat};
 
 const CHAIN: &str = include_str!("../../../tests/fixtures/trace_chain_v1.json");
 const FANOUT: &str = include_str!("../../../tests/fixtures/trace_fanout_v1.json");
 const ORPHAN: &str = include_str!("../../../tests/fixtures/trace_orphan_v1.json");
 const CHAIN_V3: &str = include_str!("../../../tests/fixtures/trace_chain_v3.json");
+/// A `/api/v3/traces?query.service_name=…` answer in the shape of Jaeger's own (its apiv3
+/// `snapshots/FindTraces.json`): every trace's resourceSpans in one list.
+const SEARCH_V3: &str = include_str!("../../../tests/fixtures/trace_search_v3.json");
 
 fn v1(body: &str) -> Trace {
     match parse_v1(body.as_bytes()) {
@@ -309,14 +317,142 @@ fn command_line() {
         }
         other => panic!("{other:?}"),
     }
+    match parse(&[
+        "--file",
+        "a.jsonl",
+        "--file",
+        "dir",
+        "--slowest",
+        "-o",
+        "json",
+    ])
+    .map(|cli| cli.command)
+    {
+        Ok(Command::Trace(args)) => {
+            assert_eq!(args.file.len(), 2);
+            assert!(args.slowest && !args.errors && !args.list);
+            assert_eq!(args.lookback, Duration::from_secs(3600), "default 1h");
+        }
+        other => panic!("{other:?}"),
+    }
+    match parse(&["--service", "p", "--errors", "--lookback", "30m"]).map(|cli| cli.command) {
+        Ok(Command::Trace(args)) => {
+            assert!(args.errors && args.file.is_empty());
+            assert_eq!(args.lookback, Duration::from_secs(1800));
+        }
+        other => panic!("{other:?}"),
+    }
+    for good in [
+        &["--file", "a", "4bf92f3577b34da6"][..],
+        &["--file", "a", "--service", "p", "--last", "3"],
+        &["--file", "a", "--list"],
+    ] {
+        assert!(parse(good).is_ok(), "{good:?}");
+    }
     for bad in [
         &[][..],
         &["zz"],
         &["--last", "3"],
+        &["--slowest"],
         &["4bf92f3577b34da6", "--service", "x"],
+        &["4bf92f3577b34da6", "--last", "3"],
+        &["4bf92f3577b34da6", "--slowest"],
+        &["--service", "x", "--slowest", "--errors"],
         &["--service", "x", "--last", "0"],
+        &["--service", "x", "--lookback", "0m"],
+        &["--file", "a", "--lookback", "2h"],
     ] {
         let err = parse(bad).err().map(|e| e.exit_code());
         assert_eq!(err, Some(2), "{bad:?}");
     }
+}
+
+#[test]
+fn lookbacks() {
+    for (text, secs) in [
+        ("30m", 1800),
+        ("2h", 7200),
+        ("1d", 86_400),
+        ("1h30m", 5400),
+        ("45s", 45),
+    ] {
+        assert_eq!(
+            parse_lookback(text),
+            Ok(Duration::from_secs(secs)),
+            "{text}"
+        );
+    }
+    for bad in [
+        "",
+        "0h",
+        "1",
+        "h",
+        "1w",
+        "-1h",
+        "1.5h",
+        "99999999999999999999d",
+    ] {
+        assert!(parse_lookback(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn api_v3_search_answer() {
+    let traces = match v3_search_answer(StatusCode::OK, SEARCH_V3.as_bytes()) {
+        V3Search::Traces(traces) => traces,
+        other => panic!("{other:?}"),
+    };
+    let summary: Vec<(&str, usize, bool)> = traces
+        .iter()
+        .map(|t| (t.id.as_str(), t.spans.len(), select::has_error(t)))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("1a2b3c4d5e6f708192a3b4c5d6e7f801", 2, false),
+            ("9f8e7d6c5b4a39281706f5e4d3c2b1a0", 2, true),
+        ],
+        "one resourceSpans list, split by trace id"
+    );
+    let services: Vec<&str> = traces[0].spans.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(services, ["gateway", "payment"]);
+    let slowest = select::slowest(traces.clone(), Some("payment")).map(|t| t.id);
+    assert_eq!(slowest.as_deref(), Some("1a2b3c4d5e6f708192a3b4c5d6e7f801"));
+    let newest = select::newest_first(traces, None);
+    assert_eq!(newest[0].id, "9f8e7d6c5b4a39281706f5e4d3c2b1a0");
+
+    // What Jaeger 2.x answers when the search finds nothing (http.Error adds the newline).
+    let none = "{\"error\":{\"httpCode\":404,\"message\":\"No traces found\"}}\n";
+    assert_eq!(
+        gateway_error(none.as_bytes()),
+        Some((404, "No traces found".into()))
+    );
+    assert!(matches!(
+        v3_search_answer(StatusCode::NOT_FOUND, none.as_bytes()),
+        V3Search::Traces(t) if t.is_empty()
+    ));
+    // Jaeger 1.x's gateway: an empty result.
+    assert!(matches!(
+        v3_search_answer(StatusCode::OK, br#"{"result":{}}"#),
+        V3Search::Traces(t) if t.is_empty()
+    ));
+    // No api_v3 at all: Go's router, or the UI's page for a path it does not know.
+    for (status, body) in [
+        (StatusCode::NOT_FOUND, &b"404 page not found\n"[..]),
+        (StatusCode::OK, b"<!doctype html><html>"),
+        (StatusCode::METHOD_NOT_ALLOWED, b""),
+    ] {
+        assert!(
+            matches!(v3_search_answer(status, body), V3Search::Absent),
+            "{status}"
+        );
+    }
+    assert!(matches!(
+        v3_search_answer(StatusCode::OK, br#"{"result":{"resourceSpans":3}}"#),
+        V3Search::Bad(_)
+    ));
+    assert!(matches!(
+        v3_search_answer(StatusCode::INTERNAL_SERVER_ERROR, b"storage down"),
+        V3Search::Refused
+    ));
 }
