@@ -171,6 +171,10 @@ struct FileSpan {
 }
 
 impl FileSpan {
+    fn duration(&self) -> Duration {
+        Duration::from_nanos(self.end - self.start)
+    }
+
     fn attr_str(&self, key: &str) -> Option<&str> {
         self.attributes.get(key)?.get("stringValue")?.as_str()
     }
@@ -385,4 +389,36 @@ async fn spans_are_flushed_to_the_file_on_shutdown() {
     let caller = read_spans(&mesh.caller_file);
     let callee = read_spans(&mesh.callee_file);
     request_spans(&caller, &callee, "/last");
+}
+
+/// A response the app streams slowly: the caller's call and try spans and the callee's
+/// server span end with the body, not with the head that came at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_a_streamed_response_last_until_its_end() {
+    const CHUNKS: u64 = 5;
+    const PAUSE_MS: u64 = 100;
+    let streaming = Duration::from_millis(CHUNKS * PAUSE_MS);
+    let mesh = Mesh::start("trace-file-drip").await;
+    let (status, body_time) = mesh
+        .get(&format!("/drip?chunks={CHUNKS}&ms={PAUSE_MS}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // The head came first, the body over the pauses: it did stream through both proxies.
+    assert!(body_time >= streaming * 8 / 10, "{body_time:?}");
+    wait_written(&mesh.caller, 2.0).await;
+    wait_written(&mesh.callee, 1.0).await;
+    let caller = read_spans(&mesh.caller_file);
+    let callee = read_spans(&mesh.callee_file);
+    let (call, attempt, server) = request_spans(&caller, &callee, "/drip");
+    for s in [call, attempt, server] {
+        // Each started before the app answered and the app's body took `streaming` after that.
+        assert!(
+            s.duration() >= streaming,
+            "{:?} span of {:?}: {s:#?}",
+            s.kind,
+            s.duration()
+        );
+    }
+    // The caller's spans end after the callee's: the last frame passes the callee first.
+    assert!(call.end >= server.end && attempt.end >= server.end);
 }
