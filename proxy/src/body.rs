@@ -8,6 +8,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::client::app::AppBody;
+use crate::trace::TracedBody;
 
 #[derive(Debug)]
 pub enum ProxyBody {
@@ -21,6 +22,8 @@ pub enum ProxyBody {
     Prefixed(Option<Bytes>, Incoming),
     /// The app's response, which hands its connection back to the pool when it ends.
     App(AppBody),
+    /// A sampled response whose spans end with it (boxed: only sampled requests pay).
+    Traced(Box<TracedBody>),
 }
 
 impl ProxyBody {
@@ -62,6 +65,7 @@ impl Body for ProxyBody {
                 None => Pin::new(rest).poll_frame(cx),
             },
             ProxyBody::App(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Traced(b) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 
@@ -72,6 +76,7 @@ impl Body for ProxyBody {
             ProxyBody::Replay(d, t) => d.is_none() && t.is_none(),
             ProxyBody::Prefixed(h, rest) => h.is_none() && rest.is_end_stream(),
             ProxyBody::App(b) => b.is_end_stream(),
+            ProxyBody::Traced(b) => b.is_end_stream(),
         }
     }
 
@@ -79,6 +84,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Incoming(b) => b.size_hint(),
             ProxyBody::App(b) => b.size_hint(),
+            ProxyBody::Traced(b) => b.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
             ProxyBody::Replay(d, _) => {

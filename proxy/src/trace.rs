@@ -20,7 +20,10 @@
 //!
 //! # Where the calls go
 //! Inbound (`inbound/mod.rs`): [`Tracing::server`] as a request arrives, [`Tracing::forward`]
-//! before it goes to the app, [`Tracing::finish_server`] with the status sent back.
+//! before it goes to the app, [`Tracing::finish_server`] with the response sent back.
+//!
+//! A sampled span ends when its response body does (last frame, error or drop), not at the
+//! head: the `finish_*` calls hand the record to the body ([`body`]).
 //!
 //! Outbound (`outbound/mesh.rs`), one CLIENT span per call and one child CLIENT span per try,
 //! which is what the callee's SERVER span hangs under. A span whose future is dropped (caller
@@ -29,15 +32,15 @@
 //! // to_mesh, around mesh_call (the span then also covers 503 circuit-open, bulkhead-full,
 //! // fault aborts and timeouts):
 //! let call = self.tracing.client_call(&req, &svc.name, snapshot.sampling);
-//! let result = self.mesh_call(snapshot, svc, req, &call).await;
-//! self.tracing.finish_call(call, &result);
+//! let mut result = self.mesh_call(snapshot, svc, req, &call).await;
+//! self.tracing.finish_call(call, &mut result);
 //! let rsp = result.unwrap_or_else(ProxyError::response);
 //!
 //! // every try (also the single try of a call without retries, and an upgrade), on the
 //! // try's own request right before it is sent; `n` counts from 1:
 //! let span = self.tracing.attempt(call, n, attempt_req.headers_mut());
-//! let (result, endpoint) = self.try_at(backend, attempt_req, …).await;
-//! self.tracing.finish_attempt(span, &result, endpoint); // set_breaker(…) before: optional
+//! let (mut result, endpoint) = self.try_at(backend, attempt_req, …).await;
+//! self.tracing.finish_attempt(span, &mut result, endpoint); // set_breaker(…) before: optional
 //! ```
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -167,16 +170,35 @@ impl Tracing {
     }
 
     /// Inbound, when the response head goes back to the caller; `error` is the proxy's reason
-    /// when it answered itself (`unauthorized`, `rate-limited`, `connect-failure`, ...).
-    pub fn finish_server(
+    /// when it answered itself (`unauthorized`, `rate-limited`, `connect-failure`, ...). A
+    /// sampled span ends with the response body (see [`body`]).
+    pub fn finish_server<B: SpanBody>(
         &self,
         mut server: ServerTrace,
-        status: Option<u16>,
+        rsp: &mut Response<B>,
         error: Option<&'static str>,
     ) {
         if let Some((ctx, info)) = server.0.take() {
-            self.tracer
-                .record(info.record(&ctx, SpanKind::Server, status, error));
+            let status = Some(rsp.status().as_u16());
+            let span = info.record(&ctx, SpanKind::Server, status, error);
+            self.end_with(span, Some(rsp), true);
+        }
+    }
+
+    /// Records `span` now, or when `rsp`'s body ends (`delivered`: the body is what the
+    /// client gets; see [`SpanBody`]).
+    fn end_with<B: SpanBody>(
+        &self,
+        span: SpanRecord,
+        rsp: Option<&mut Response<B>>,
+        delivered: bool,
+    ) {
+        let now = match rsp {
+            Some(rsp) => rsp.body_mut().end_span_with(span, &self.tracer, delivered),
+            None => Some(span),
+        };
+        if let Some(span) = now {
+            self.tracer.record(span);
         }
     }
 
@@ -243,32 +265,37 @@ impl Tracing {
         }
     }
 
-    /// Outbound, when a try ended: its result (see [`outcome`]) and the endpoint it went to.
-    /// Only a sampled try reads the result: most are not, and the read is a header lookup.
-    pub fn finish_attempt<B>(
+    /// Outbound, when a try's response head (or error) came back: its result (see
+    /// [`outcome`]) and the endpoint it went to. Only a sampled try reads the result: most
+    /// are not, and the read is a header lookup. A sampled try's span ends with its response
+    /// body, or where the proxy drops that (a retry replaced it).
+    pub fn finish_attempt<B: SpanBody>(
         &self,
         mut attempt: AttemptTrace,
-        result: &Result<Response<B>, ProxyError>,
+        result: &mut Result<Response<B>, ProxyError>,
         peer: Option<SocketAddr>,
     ) {
-        let (status, error) = match attempt.hop {
-            Hop::Sampled(..) => outcome(result),
-            _ => (None, None),
-        };
-        attempt.finish(status, error, peer);
+        if let Some(span) = attempt.take_record(result, peer) {
+            self.end_with(span, result.as_mut().ok(), false);
+        }
     }
 
     /// Outbound, when the call's response head (the app's, or the proxy's own error answer
-    /// for an `Err`) goes back to the app.
-    pub fn finish_call<B>(&self, mut call: CallTrace, result: &Result<Response<B>, ProxyError>) {
+    /// for an `Err`) goes back to the app. A sampled call's span ends with the body the app
+    /// reads, together with the span of the try that answered.
+    pub fn finish_call<B: SpanBody>(
+        &self,
+        mut call: CallTrace,
+        result: &mut Result<Response<B>, ProxyError>,
+    ) {
         if let Some((ctx, info)) = call.0.take() {
-            let status = match result {
+            let status = match &*result {
                 Ok(rsp) => rsp.status(),
                 Err(e) => e.status(),
             };
             let (_, error) = outcome(result);
-            self.tracer
-                .record(info.record(&ctx, SpanKind::Client, Some(status.as_u16()), error));
+            let span = info.record(&ctx, SpanKind::Client, Some(status.as_u16()), error);
+            self.end_with(span, result.as_mut().ok(), true);
         }
     }
 }
@@ -328,20 +355,31 @@ impl CallTrace {
 }
 
 impl AttemptTrace {
-    fn finish(
+    /// The sampled try's span, ended now, leaving nothing to record on drop.
+    fn take_record<B>(
+        &mut self,
+        result: &Result<Response<B>, ProxyError>,
+        peer: Option<SocketAddr>,
+    ) -> Option<SpanRecord> {
+        let (status, error) = match self.hop {
+            Hop::Sampled(..) => outcome(result),
+            _ => return None,
+        };
+        self.record(status, error, peer)
+    }
+
+    fn record(
         &mut self,
         status: Option<u16>,
         error: Option<&'static str>,
         peer: Option<SocketAddr>,
-    ) {
-        if let Some((ctx, info)) = self.hop.take() {
-            let tracer = info.tracer.clone();
-            let mut span = info.record(&ctx, SpanKind::Client, status, error);
-            span.attempt = Some(self.n);
-            span.peer = peer;
-            span.breaker = self.breaker.map(Into::into);
-            tracer.record(span);
-        }
+    ) -> Option<SpanRecord> {
+        let (ctx, info) = self.hop.take()?;
+        let mut span = info.record(&ctx, SpanKind::Client, status, error);
+        span.attempt = Some(self.n);
+        span.peer = peer;
+        span.breaker = self.breaker.map(Into::into);
+        Some(span)
     }
 
     /// `weir.breaker`: the endpoint's circuit-breaker state as the try saw it.
@@ -398,7 +436,13 @@ impl Drop for CallTrace {
 
 impl Drop for AttemptTrace {
     fn drop(&mut self) {
-        self.finish(None, Some(CANCELLED), None);
+        if let Some((ctx, info)) = self.hop.take() {
+            let tracer = info.tracer.clone();
+            let mut span = info.record(&ctx, SpanKind::Client, None, Some(CANCELLED));
+            span.attempt = Some(self.n);
+            span.breaker = self.breaker.map(Into::into);
+            tracer.record(span);
+        }
     }
 }
 
@@ -518,6 +562,10 @@ fn random() -> u64 {
         z ^ (z >> 31)
     })
 }
+
+mod body;
+
+pub use body::{SpanBody, TracedBody};
 
 #[cfg(test)]
 mod tests;

@@ -35,7 +35,8 @@ fn mesh_config() -> &'static str {
 // === the app ===
 
 /// `/drip?chunks=N&ms=M`: N chunks, each after a pause of M ms (the head goes out at once);
-/// anything else: 200 `ok`.
+/// with `&fail=1` the body then fails instead of ending (the connection is cut mid-body).
+/// Anything else: 200 `ok`.
 async fn handle(req: Request<Incoming>) -> Response<RespBody> {
     if req.uri().path() != "/drip" {
         return Response::new(
@@ -55,8 +56,13 @@ async fn handle(req: Request<Incoming>) -> Response<RespBody> {
             .unwrap_or(1)
     };
     let (chunks, ms) = (query("chunks").min(50), query("ms").min(2_000));
+    let fail = req.uri().query().unwrap_or("").contains("fail=1");
     let stream = futures_util::stream::unfold(0, move |sent| async move {
-        if sent == chunks {
+        if sent == chunks && fail {
+            let cut: BoxError = "the app fails mid-body".into();
+            return Some((Err(cut), sent + 1));
+        }
+        if sent >= chunks {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -125,14 +131,21 @@ impl Mesh {
     /// GET `path` from the caller's app through both proxies; the status and how long the
     /// body took to arrive after the head.
     async fn get(&self, path: &str) -> (StatusCode, Duration) {
+        let (status, body, took) = self.get_result(path).await;
+        body.expect("response body");
+        (status, took)
+    }
+
+    /// Like `get`, for a body that may fail.
+    async fn get_result(&self, path: &str) -> (StatusCode, Result<u64, hyper::Error>, Duration) {
         within(TEST_TIMEOUT, "a request through the mesh", async {
             let mut sender = client::h1(self.caller.outbound()).await;
             let req = client::request("GET", "payment", path, client::empty());
             let rsp = client::send1(&mut sender, req).await;
             let head = Instant::now();
             let status = rsp.status();
-            client::drain(rsp.into_body()).await.expect("response body");
-            (status, head.elapsed())
+            let body = client::drain(rsp.into_body()).await;
+            (status, body, head.elapsed())
         })
         .await
     }
@@ -171,6 +184,10 @@ struct FileSpan {
 }
 
 impl FileSpan {
+    fn duration(&self) -> Duration {
+        Duration::from_nanos(self.end - self.start)
+    }
+
     fn attr_str(&self, key: &str) -> Option<&str> {
         self.attributes.get(key)?.get("stringValue")?.as_str()
     }
@@ -385,4 +402,68 @@ async fn spans_are_flushed_to_the_file_on_shutdown() {
     let caller = read_spans(&mesh.caller_file);
     let callee = read_spans(&mesh.callee_file);
     request_spans(&caller, &callee, "/last");
+}
+
+/// A response the app streams slowly: the caller's call and try spans and the callee's
+/// server span end with the body, not with the head that came at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_a_streamed_response_last_until_its_end() {
+    const CHUNKS: u64 = 5;
+    const PAUSE_MS: u64 = 100;
+    let streaming = Duration::from_millis(CHUNKS * PAUSE_MS);
+    let mesh = Mesh::start("trace-file-drip").await;
+    let (status, body_time) = mesh
+        .get(&format!("/drip?chunks={CHUNKS}&ms={PAUSE_MS}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // The head came first, the body over the pauses: it did stream through both proxies.
+    assert!(body_time >= streaming * 8 / 10, "{body_time:?}");
+    wait_written(&mesh.caller, 2.0).await;
+    wait_written(&mesh.callee, 1.0).await;
+    let caller = read_spans(&mesh.caller_file);
+    let callee = read_spans(&mesh.callee_file);
+    let (call, attempt, server) = request_spans(&caller, &callee, "/drip");
+    for s in [call, attempt, server] {
+        // Each started before the app answered and the app's body took `streaming` after that.
+        assert!(
+            s.duration() >= streaming,
+            "{:?} span of {:?}: {s:#?}",
+            s.kind,
+            s.duration()
+        );
+    }
+    // The caller's spans end after the callee's: the last frame passes the callee first.
+    assert!(call.end >= server.end && attempt.end >= server.end);
+}
+
+/// A body that breaks half way makes every span it ends an error (`weir.error: reset`, with
+/// the semantic conventions' `error.type`), although the head said 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_fails_half_way_makes_its_spans_errors() {
+    let mesh = Mesh::start("trace-file-cut").await;
+    let (status, body, _) = mesh.get_result("/drip?chunks=2&ms=20&fail=1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_err(), "the cut reaches the caller's app: {body:?}");
+    wait_written(&mesh.caller, 2.0).await;
+    wait_written(&mesh.callee, 1.0).await;
+    let caller = read_spans(&mesh.caller_file);
+    let callee = read_spans(&mesh.callee_file);
+    assert_eq!(
+        (caller.len(), callee.len()),
+        (2, 1),
+        "{caller:#?}\n{callee:#?}"
+    );
+    let server = &callee[0];
+    let tries: Vec<_> = caller
+        .iter()
+        .filter(|s| s.attributes.contains_key("weir.attempt"))
+        .collect();
+    assert_eq!(tries.len(), 1);
+    assert_eq!(server.parent.as_deref(), Some(tries[0].span_id.as_str()));
+    for s in caller.iter().chain(&callee) {
+        assert_eq!(s.attr_int("http.response.status_code"), Some(200), "{s:#?}");
+        assert_eq!(s.attr_str("weir.error"), Some("reset"), "{s:#?}");
+        assert_eq!(s.attr_str("error.type"), Some("reset"), "{s:#?}");
+        assert_eq!(s.status_code, 2, "status ERROR: {s:#?}");
+    }
 }

@@ -97,7 +97,16 @@ impl SpanFile {
                 continue;
             }
             let request = request(resource, scope, spans);
-            let line = crate::json::line(&request);
+            let line = match crate::json::line(&request) {
+                Ok(line) => line,
+                Err(e) => {
+                    written.failed += count;
+                    written
+                        .error
+                        .get_or_insert_with(|| format!("spans as OTLP/JSON: {e}"));
+                    continue;
+                }
+            };
             if line.len() as u64 > self.max_bytes {
                 let mut spans = take_spans(request);
                 if spans.len() > 1 {

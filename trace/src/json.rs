@@ -17,13 +17,12 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
-/// One file line: the request as OTLP/JSON followed by `\n`.
-pub(crate) fn line(request: &ExportTraceServiceRequest) -> Vec<u8> {
-    // Serializing these types cannot fail: every map key is a string and nothing is a
-    // non-finite float serde_json refuses (it writes `null` for those).
-    let mut out = serde_json::to_vec(&Json(request)).unwrap_or_default();
+/// One file line: the request as OTLP/JSON followed by `\n`. (serde_json fails only on
+/// non-string map keys, which these impls never write; the error is passed on regardless.)
+pub(crate) fn line(request: &ExportTraceServiceRequest) -> serde_json::Result<Vec<u8>> {
+    let mut out = serde_json::to_vec(&Json(request))?;
     out.push(b'\n');
-    out
+    Ok(out)
 }
 
 /// A borrowed proto message with its OTLP/JSON `Serialize` (the orphan rule keeps the impls
@@ -334,7 +333,7 @@ mod tests {
     #[test]
     fn a_weir_span_follows_the_otlp_json_rules() {
         let parent = SpanId([0, 0, 0, 0, 0, 0, 0, 0x2a]);
-        let v = parse(&line(&request(vec![record(Some(parent)).to_proto()])));
+        let v = parse(&line(&request(vec![record(Some(parent)).to_proto()])).unwrap());
         let rs = &v["resourceSpans"][0];
         assert_eq!(
             rs["resource"]["attributes"][0],
@@ -380,7 +379,7 @@ mod tests {
     fn a_root_span_has_no_parent_and_an_ok_span_no_status() {
         let mut r = record(None);
         r.status_code = Some(200);
-        let v = parse(&line(&request(vec![r.to_proto()])));
+        let v = parse(&line(&request(vec![r.to_proto()])).unwrap());
         let span = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
         assert!(span.get("parentSpanId").is_none(), "{span}");
         assert!(span.get("status").is_none(), "{span}");
@@ -432,7 +431,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let v = parse(&line(&request(vec![span])));
+        let v = parse(&line(&request(vec![span])).unwrap());
         let span = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
         assert_eq!(span["kind"], json!(2));
         assert_eq!(span["startTimeUnixNano"], "0");

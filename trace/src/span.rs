@@ -149,6 +149,16 @@ impl SpanRecord {
         if let Some(breaker) = &self.breaker {
             attributes.push(kv_str("weir.breaker", breaker));
         }
+        if self.is_error() {
+            // The HTTP semantic conventions' `error.type`: the class of the failure, here
+            // Weir's reason, or else the status code as a string.
+            let error_type = match (&self.error, self.status_code) {
+                (Some(e), _) => Cow::Borrowed(&**e),
+                (None, Some(code)) => Cow::Owned(code.to_string()),
+                (None, None) => Cow::Borrowed("_OTHER"),
+            };
+            attributes.push(kv_str("error.type", &error_type));
+        }
 
         let status = if self.is_error() {
             let message = match (&self.error, self.status_code) {
@@ -295,6 +305,7 @@ mod tests {
             Some(&StringValue("closed".into()))
         );
         assert_eq!(attr(&p, "weir.error"), None);
+        assert_eq!(attr(&p, "error.type"), None);
         assert_eq!(p.kind, span::SpanKind::Client as i32);
         assert_eq!(p.end_time_unix_nano - p.start_time_unix_nano, 5_000_000);
         assert_eq!(p.parent_span_id, Vec::<u8>::new());
@@ -310,12 +321,18 @@ mod tests {
             status::StatusCode::Unset as i32
         );
         r.status_code = Some(503);
+        let p = r.to_proto();
+        assert_eq!(p.status.unwrap().code, status::StatusCode::Error as i32);
         assert_eq!(
-            r.to_proto().status.unwrap().code,
-            status::StatusCode::Error as i32
+            attr(&r.to_proto(), "error.type"),
+            Some(&any_value::Value::StringValue("503".into()))
         );
         r.status_code = Some(429);
         r.error = Some("rate-limited".into());
+        assert_eq!(
+            attr(&r.to_proto(), "error.type"),
+            Some(&any_value::Value::StringValue("rate-limited".into()))
+        );
         let status = r.to_proto().status.unwrap();
         assert_eq!(
             (status.code, status.message.as_str()),

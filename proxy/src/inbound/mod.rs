@@ -291,7 +291,7 @@ impl Inbound {
         }
         let status = rsp.status().as_u16();
         traffic.response(Some(status), start.elapsed());
-        self.tracing.finish_server(span, Some(status), error);
+        self.tracing.finish_server(span, &mut rsp, error);
         rsp
     }
 

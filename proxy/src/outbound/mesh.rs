@@ -57,8 +57,8 @@ impl Outbound {
         let start = Instant::now();
         // Before anything can fail, so a 503 circuit-open or a timeout still gets its span.
         let call = self.tracing.client_call(&req, &svc.name, snapshot.sampling);
-        let result = self.mesh_call(snapshot, svc, req, &call).await;
-        self.tracing.finish_call(call, &result);
+        let mut result = self.mesh_call(snapshot, svc, req, &call).await;
+        self.tracing.finish_call(call, &mut result);
         let rsp = result.unwrap_or_else(ProxyError::response);
         m.response(Some(rsp.status().as_u16()), start.elapsed());
         rsp
@@ -79,14 +79,15 @@ impl Outbound {
         if headers::is_upgrade(&req) {
             let ep = balance::pick(&backend.endpoints, Instant::now(), self.rng.next(), None)?;
             let span = self.tracing.attempt(call, 1, req.headers_mut());
-            let result = match self
+            let mut result = match self
                 .connect_peer(ep.addr, backend.identity.as_deref(), ALPN_HTTP1)
                 .await
             {
                 Ok(io) => crate::upgrade::forward_on(io, req, &self.drain).await,
                 Err(e) => Err(e),
             };
-            self.tracing.finish_attempt(span, &result, Some(ep.addr));
+            self.tracing
+                .finish_attempt(span, &mut result, Some(ep.addr));
             return result;
         }
         let policy = &*svc.policy;
@@ -249,10 +250,10 @@ impl Outbound {
         Option<std::net::SocketAddr>,
     ) {
         let span = self.tracing.attempt(call, n, req.headers_mut());
-        let (result, endpoint) = self
+        let (mut result, endpoint) = self
             .try_at(backend, req, limit, connect_timeout, avoid)
             .await;
-        self.tracing.finish_attempt(span, &result, endpoint);
+        self.tracing.finish_attempt(span, &mut result, endpoint);
         (result, endpoint)
     }
 

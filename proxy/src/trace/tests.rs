@@ -3,6 +3,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use weir_trace::{ExportConfig, Resource};
 
 use super::*;
+use crate::body::ProxyBody;
 
 const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const UNSAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
@@ -73,8 +74,8 @@ fn disabled_leaves_headers_alone() {
     let attempt = t.attempt(&call, 1, &mut out);
     assert_eq!(&out, req.headers());
     assert_eq!(attempt.span_id(), None);
-    t.finish_attempt(attempt, &ok(), None);
-    t.finish_call(call, &ok());
+    t.finish_attempt(attempt, &mut ok(), None);
+    t.finish_call(call, &mut ok());
     assert_eq!(t.tracer().dropped() + t.tracer().exported(), 0);
 }
 
@@ -168,7 +169,7 @@ async fn unsampled_hops_do_not_allocate() {
     headers.insert("host", HeaderValue::from_static("catalog"));
     let inherited = request(Some(UNSAMPLED));
     let head = request(None);
-    let ok = ok();
+    let mut ok = ok();
     // Warm the thread's arena and random state.
     let mut out = headers.clone();
     let c = t.client_call(&head, "catalog", 0.0);
@@ -178,8 +179,8 @@ async fn unsampled_hops_do_not_allocate() {
     for _ in 0..1000 {
         let c = t.client_call(&inherited, "catalog", 1.0);
         let a = t.attempt(&c, 1, &mut headers);
-        t.finish_attempt(a, &ok, None);
-        t.finish_call(c, &ok);
+        t.finish_attempt(a, &mut ok, None);
+        t.finish_call(c, &mut ok);
     }
     assert_eq!(allocations() - before, 0, "inherited no");
 
@@ -187,8 +188,8 @@ async fn unsampled_hops_do_not_allocate() {
     for _ in 0..1000 {
         let c = t.client_call(&head, "catalog", 0.0);
         let a = t.attempt(&c, 1, &mut headers);
-        t.finish_attempt(a, &ok, None);
-        t.finish_call(c, &ok);
+        t.finish_attempt(a, &mut ok, None);
+        t.finish_call(c, &mut ok);
         headers.remove(TRACEPARENT);
     }
     // One arena block (and its shared header) per ARENA_BYTES / 55 values.
@@ -211,7 +212,7 @@ async fn spans_of_abandoned_requests_are_recorded_once() {
     let mut headers = HeaderMap::new();
     // The call's deadline fires while its try is in flight: the try's future is dropped.
     drop(t.attempt(&call, 1, &mut headers));
-    t.finish_call(call, &Err::<Response<()>, _>(ProxyError::Timeout));
+    t.finish_call(call, &mut Err::<Response<()>, _>(ProxyError::Timeout));
     // The caller hangs up before the app answers.
     drop(t.server(&req, 1.0, None));
     let tr = t.tracer();
@@ -271,4 +272,160 @@ fn random_words_differ() {
     assert_ne!(a, b);
     let other = std::thread::spawn(random).join().expect("thread");
     assert_ne!(other, a);
+}
+
+// === spans that end with their body ===
+
+/// Enabled, writing to a span file the test reads back.
+struct FileTracing {
+    t: Tracing,
+    path: std::path::PathBuf,
+}
+
+impl FileTracing {
+    fn new(label: &str) -> FileTracing {
+        let dir =
+            std::env::temp_dir().join(format!("weir-proxy-trace-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("spans.jsonl");
+        let outputs = weir_trace::Outputs {
+            otlp: None,
+            file: Some(weir_trace::FileConfig::new(&path)),
+        };
+        let tracer = Tracer::start_with(&outputs, Resource::default(), ExportConfig::default())
+            .expect("tracer");
+        FileTracing {
+            t: Tracing::new(tracer, "catalog"),
+            path,
+        }
+    }
+
+    /// Every span written so far (after a flush), as OTLP/JSON.
+    async fn spans(&self) -> Vec<serde_json::Value> {
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.t.tracer().flush())
+            .await
+            .expect("flush");
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        text.lines()
+            .flat_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+                v["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+impl Drop for FileTracing {
+    fn drop(&mut self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn weir_error(span: &serde_json::Value) -> Option<&str> {
+    span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == "weir.error")?["value"]["stringValue"]
+        .as_str()
+}
+
+fn nanos(span: &serde_json::Value, key: &str) -> u128 {
+    span[key]
+        .as_str()
+        .expect("a string")
+        .parse()
+        .expect("nanos")
+}
+
+fn streamed() -> Response<ProxyBody> {
+    Response::new(ProxyBody::Full(Some(bytes::Bytes::from_static(b"hello"))))
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos()
+}
+
+#[tokio::test]
+async fn a_sampled_server_span_ends_with_its_body() {
+    use http_body_util::BodyExt;
+    let f = FileTracing::new("server");
+    let span = f.t.server(&request(Some(PARENT)), 1.0, None);
+    let mut rsp = streamed();
+    f.t.finish_server(span, &mut rsp, None);
+    assert!(matches!(rsp.body(), ProxyBody::Traced(_)));
+    assert!(f.spans().await.is_empty(), "not before the body ends");
+    let head = now_nanos();
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"hello");
+    let spans = f.spans().await;
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert!(nanos(&spans[0], "endTimeUnixNano") >= head);
+    assert_eq!(weir_error(&spans[0]), None);
+    assert_eq!(spans[0]["kind"], 2);
+}
+
+#[tokio::test]
+async fn a_body_dropped_half_way_cancels_its_spans() {
+    let f = FileTracing::new("dropped");
+    let req = request(Some(PARENT));
+    let call = f.t.client_call(&req, "catalog", 1.0);
+    let attempt = f.t.attempt(&call, 1, &mut HeaderMap::new());
+    let mut result = Ok(streamed());
+    f.t.finish_attempt(attempt, &mut result, None);
+    f.t.finish_call(call, &mut result);
+    assert!(f.spans().await.is_empty());
+    // The app hangs up while the body streams to it.
+    drop(result);
+    let spans = f.spans().await;
+    assert_eq!(spans.len(), 2, "the try's and the call's: {spans:?}");
+    for s in &spans {
+        assert_eq!(weir_error(s), Some("cancelled"), "{s}");
+    }
+}
+
+#[tokio::test]
+async fn a_try_whose_answer_a_retry_replaced_ends_without_error() {
+    use http_body_util::BodyExt;
+    let f = FileTracing::new("retried");
+    let req = request(Some(PARENT));
+    let call = f.t.client_call(&req, "catalog", 1.0);
+    let first = f.t.attempt(&call, 1, &mut HeaderMap::new());
+    let mut thrown_away = Ok(streamed());
+    f.t.finish_attempt(first, &mut thrown_away, None);
+    drop(thrown_away);
+    let second = f.t.attempt(&call, 2, &mut HeaderMap::new());
+    let mut result = Ok(streamed());
+    f.t.finish_attempt(second, &mut result, None);
+    f.t.finish_call(call, &mut result);
+    assert_eq!(f.spans().await.len(), 1, "only the replaced try so far");
+    let Ok(rsp) = result else { panic!("ok") };
+    rsp.into_body().collect().await.expect("body");
+    let spans = f.spans().await;
+    assert_eq!(spans.len(), 3, "{spans:?}");
+    assert!(spans.iter().all(|s| weir_error(s).is_none()), "{spans:?}");
+}
+
+#[tokio::test]
+async fn unsampled_and_empty_bodies_are_not_wrapped() {
+    let f = FileTracing::new("plain");
+    // Not sampled: the body passes as it is.
+    let call = f.t.client_call(&request(Some(UNSAMPLED)), "catalog", 1.0);
+    let mut result = Ok(streamed());
+    f.t.finish_call(call, &mut result);
+    assert!(matches!(result, Ok(ref r) if matches!(r.body(), ProxyBody::Full(Some(_)))));
+    // Sampled with nothing to stream: recorded at the head.
+    let span = f.t.server(&request(Some(PARENT)), 1.0, None);
+    let mut rsp = Response::new(ProxyBody::empty());
+    f.t.finish_server(span, &mut rsp, None);
+    assert!(matches!(rsp.body(), ProxyBody::Full(None)));
+    assert_eq!(f.spans().await.len(), 1);
 }
