@@ -48,7 +48,7 @@ What is shown:
   --errors     the --last N newest traces with an error span.
   --slowest    the waterfall of the trace with the longest total time (earliest start to latest
                end).
-  --service S narrows each of these to traces that involve S. With Jaeger --service is needed
+  --service S narrows the three to traces that involve S. With Jaeger --service is needed
   for all three (Jaeger searches by service); --list searches N traces, --errors and --slowest
   pick from the newest max(N, 100).
 
