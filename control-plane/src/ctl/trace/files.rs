@@ -280,6 +280,23 @@ mod tests {
     }
 
     #[test]
+    fn refuses_more_than_it_can_hold() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "a.jsonl", "{}\n");
+        // Sparse: no disk is used, but the size is what a long-running proxy leaves.
+        let big = File::create(dir.path().join("a.jsonl.1")).expect("create");
+        big.set_len(MAX_TOTAL).expect("set_len");
+        let err = load(&[dir.path().to_path_buf()])
+            .err()
+            .map(|e| format!("{e:#}"));
+        assert!(
+            err.as_deref().is_some_and(|e| e
+                .starts_with("2 files hold 1024 MiB, more than weirctl reads at once (1024 MiB)")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn base64_ids_meet_hex_ones() {
         let dir = tempfile::tempdir().expect("tempdir");
         // T1 and span b7ad6b7169203331 as protobuf's JSON mapping writes bytes.

@@ -48,7 +48,7 @@ What is shown:
   --errors     the --last N newest traces with an error span.
   --slowest    the waterfall of the trace with the longest total time (earliest start to latest
                end).
-  --service S narrows each of these to traces that involve S. With Jaeger --service is needed
+  --service S narrows the three to traces that involve S. With Jaeger --service is needed
   for all three (Jaeger searches by service); --list searches N traces, --errors and --slowest
   pick from the newest max(N, 100).
 
@@ -82,8 +82,7 @@ pub struct TraceArgs {
         conflicts_with_all = ["service", "last"]
     )]
     pub trace_id: Option<String>,
-    /// Read spans from this file of OTLP JSON lines (or every *.json/*.jsonl in this directory)
-    /// instead of Jaeger; may be given many times.
+    /// Spans from this file of OTLP JSON lines, or a directory of them, not Jaeger (repeatable).
     #[arg(long = "file", value_name = "PATH")]
     pub file: Vec<PathBuf>,
     /// Only traces that involve this service (with Jaeger: search for them).
@@ -144,7 +143,8 @@ enum Many {
 
 /// Where the traces come from, loaded or connected once.
 enum Source {
-    Jaeger(Jaeger),
+    // Boxed for clippy (large_enum_variant): hyper's client is big, but a run has one Source.
+    Jaeger(Box<Jaeger>),
     Files(files::Loaded),
 }
 
@@ -154,7 +154,9 @@ const PICK_FROM: u32 = 100;
 
 pub(crate) async fn run(args: TraceArgs) -> Outcome {
     let source = if args.file.is_empty() {
-        Source::Jaeger(Jaeger::new(&args.jaeger).map_err(|err| Usage(err.to_string()))?)
+        Source::Jaeger(Box::new(
+            Jaeger::new(&args.jaeger).map_err(|err| Usage(err.to_string()))?,
+        ))
     } else {
         let loaded = files::load(&args.file)?;
         if let Some(warning) = loaded.warning() {
