@@ -153,13 +153,13 @@ fn shows_a_trace_with_retries() {
         "\
 trace 4bf92f3577b34da6a3ce929d0e0e4736  120ms  6 spans  2 errors
 services: orders, payments, ledger
-                               0                         120ms
-▶ orders GET /checkout         ███████████████████████████████   120ms
-▶   orders POST payments #1     █████████                         30ms ERROR 503
-▶     payments POST /charge     ████████                          26ms ERROR 503
-▶   orders POST payments #2                   ███████████████     55ms
-▶     payments POST /charge                    ██████████████     51ms
-▶       ledger PUT /entries                      ██████████       35ms
+                                   0                     120ms
+▶ orders GET /checkout             ███████████████████████████   120ms
+▶  orders POST payments #1          ███████                       30ms ERROR 503
+▶   payments POST /charge           ███████                       26ms ERROR 503
+▶  orders POST payments #2                      █████████████     55ms
+▶   payments POST /charge                       █████████████     51ms
+▶    ledger PUT /entries                          █████████       35ms
 ▶ critical path: the spans that set the total latency
 "
     );
@@ -232,7 +232,7 @@ fn falls_back_to_api_v3_on_404() {
         run.stdout
             .starts_with(&format!("trace {V3_ID}  120ms  6 spans  2 errors\n"))
     );
-    assert!(run.stdout.contains("▶   orders POST payments #2 "));
+    assert!(run.stdout.contains("▶  orders POST payments #2 "));
     assert!(run.stdout.contains("ERROR 503"));
     assert_eq!(jaeger.asked(), [v1, v3]);
 }
@@ -595,9 +595,9 @@ fn file_slowest_and_one_trace() {
             "\
 trace {FILE_ERROR}  200ms  2 spans  2 errors
 services: gateway, payment
-                               0                         200ms
-▶ gateway GET /pay             ███████████████████████████████   200ms ERROR 503
-▶   payment POST /charge        █████████████████████████████    180ms ERROR 503
+                                   0                     200ms
+▶ gateway GET /pay                 ███████████████████████████   200ms ERROR 503
+▶  payment POST /charge             █████████████████████████    180ms ERROR 503
 ▶ critical path: the spans that set the total latency
 "
         )

@@ -182,7 +182,7 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Show a trace from Jaeger as a waterfall, or list a service's recent traces.
+    /// Show a trace as a waterfall, or list recent traces: from Jaeger or from span files (--file).
     Trace(TraceArgs),
     /// Add the Weir proxy to the pods of Kubernetes manifests; prints the result.
     ///

@@ -15,7 +15,7 @@
 //! - the same OTLP JSON without the wrapper: one line of an OpenTelemetry Collector `file`
 //!   exporter or of `weir-proxy --trace-file` (see `files`), where ids may also be base64.
 //!
-//! Fields the renderer does not use (logs, flags, kind, scope) are not parsed, so a newer Jaeger
+//! Fields the renderer does not use (logs, flags, scope) are not parsed, so a newer Jaeger
 //! or collector adding fields cannot break `weirctl trace`.
 
 use std::collections::HashMap;
@@ -24,7 +24,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
-use super::model::{Outcome, Span, Trace, Value};
+use super::model::{Kind, Outcome, Span, Trace, Value};
 
 // === v1 JSON model ===
 
@@ -161,6 +161,8 @@ fn v1_trace(trace: V1Trace) -> Trace {
                 error: outcome.error,
                 http_status: outcome.http_status,
                 attempt: outcome.attempt,
+                peer: outcome.peer(),
+                kind: outcome.kind,
             }
         })
         .collect();
@@ -240,6 +242,9 @@ struct OtlpSpan {
     attributes: Option<Vec<KeyValue>>,
     #[serde(default)]
     status: Option<OtlpStatus>,
+    /// A number in OTLP/JSON, a name (`SPAN_KIND_CLIENT`) in protobuf's generic mapping.
+    #[serde(default)]
+    kind: Json,
 }
 
 #[derive(Debug, Deserialize)]
@@ -363,6 +368,12 @@ fn otlp_span(span: OtlpSpan, service: &str) -> anyhow::Result<Span> {
         error: outcome.error || status_error,
         http_status: outcome.http_status,
         attempt: outcome.attempt,
+        peer: outcome.peer(),
+        kind: match &span.kind {
+            Json::Number(n) => Kind::parse(&n.to_string()),
+            Json::String(s) => Kind::parse(s),
+            _ => outcome.kind,
+        },
     })
 }
 

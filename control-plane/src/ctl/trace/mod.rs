@@ -53,7 +53,9 @@ What is shown:
   pick from the newest max(N, 100).
 
 The waterfall has one row per span, children under their parent in start order, bars on one
-time axis. ▶ marks the critical path, the spans that set the total latency: of calls made in
+time axis. A client span reads `caller → callee` (its peer.service or server.address), other
+spans `service operation`; through sidecars one hop is three rows: the caller's call, its try
+(or tries) and the callee's server span. ▶ marks the critical path, the spans that set the total latency: of calls made in
 parallel only the one that ended last, of calls made one after another (a failed try and its
 retry) every one. #1, #2 number the tries of a retried call (span tag weir.attempt). ERROR means
 error=true, OTLP status code 2 (otel.status_code=ERROR) or an HTTP status >= 500. ? marks a span
@@ -62,7 +64,8 @@ unset. A list has one row per trace: id, start, duration, span count, error span
 
 -o json prints, for a waterfall, {\"trace_id\", \"start_us\", \"duration_us\", \"span_count\",
 \"services\", \"spans\": [{\"span_id\", \"parent_id\", \"service\", \"name\", \"depth\", \"offset_us\",
-\"duration_us\", \"critical\", \"status\" (ok|error), \"http_status\", \"attempt\", \"orphan\"}]},
+\"duration_us\", \"critical\", \"status\" (ok|error), \"http_status\", \"attempt\", \"kind\"
+(client|server|other), \"peer\" (the called service of a client span, when known), \"orphan\"}]},
 spans in waterfall order, times in microseconds; for a list an array of those.
 
 Exit status: 0 shown (an empty list too), 1 not found, no trace to pick, Jaeger unreachable or

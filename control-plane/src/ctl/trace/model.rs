@@ -27,6 +27,37 @@ pub struct Span {
     pub error: bool,
     pub http_status: Option<u16>,
     pub attempt: Option<u32>,
+    pub kind: Kind,
+    /// The service a client span called (`peer.service`, else `server.address`).
+    pub peer: Option<String>,
+}
+
+/// The span's role in a hop: a caller's CLIENT span or the callee's SERVER span.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Kind {
+    Client,
+    Server,
+    #[default]
+    Other,
+}
+
+impl Kind {
+    /// OTLP's `SpanKind` numbers (2 server, 3 client) or names; Jaeger's `span.kind` tag.
+    pub fn parse(text: &str) -> Kind {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "3" | "client" | "span_kind_client" => Kind::Client,
+            "2" | "server" | "span_kind_server" => Kind::Server,
+            _ => Kind::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Client => "client",
+            Kind::Server => "server",
+            Kind::Other => "other",
+        }
+    }
 }
 
 impl Span {
@@ -66,11 +97,15 @@ impl Value {
 
 /// What a span's tags say about its outcome. Tags are folded in one at a time so neither parser
 /// has to collect them first.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub error: bool,
     pub http_status: Option<u16>,
     pub attempt: Option<u32>,
+    pub kind: Kind,
+    pub peer: Option<String>,
+    /// `server.address`, the peer when no `peer.service` is given.
+    address: Option<String>,
 }
 
 impl Outcome {
@@ -89,8 +124,28 @@ impl Outcome {
                 }
             }
             ATTEMPT_TAG => self.attempt = value.as_int().and_then(|n| u32::try_from(n).ok()),
+            "span.kind" => {
+                if let Value::Str(s) = value {
+                    self.kind = Kind::parse(s);
+                }
+            }
+            "peer.service" | "server.address" => {
+                if let Value::Str(s) = value {
+                    let slot = if key == "peer.service" {
+                        &mut self.peer
+                    } else {
+                        &mut self.address
+                    };
+                    *slot = Some(s.clone()).filter(|s| !s.is_empty());
+                }
+            }
             _ => {}
         }
+    }
+
+    /// The peer a client span called.
+    pub fn peer(&self) -> Option<String> {
+        self.peer.clone().or_else(|| self.address.clone())
     }
 }
 
@@ -201,6 +256,8 @@ pub(crate) fn span(id: &str, parent: Option<&str>, start: u64, duration: u64) ->
         error: false,
         http_status: None,
         attempt: None,
+        kind: Kind::Other,
+        peer: None,
     }
 }
 

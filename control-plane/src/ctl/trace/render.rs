@@ -9,7 +9,7 @@ use serde::Serialize;
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 use super::critical::critical_path;
-use super::model::{Trace, Tree};
+use super::model::{Kind, Trace, Tree};
 use crate::ctl::output;
 
 /// The waterfall fits an 80-column terminal, measured in display columns.
@@ -17,12 +17,13 @@ pub const WIDTH: usize = 80;
 /// `--last` is a table like the other weirctl tables, which allow 100 columns.
 pub const LIST_WIDTH: usize = output::MAX_WIDTH;
 /// Row: marker, space, label, space, bar, space, duration, space, status.
-const LABEL: usize = 28;
-const BAR: usize = 31;
+const LABEL: usize = 32;
+const BAR: usize = 27;
 const DURATION: usize = 7;
 const STATUS: usize = 9;
-/// Deeper spans stop moving right so the label keeps room for the names.
-const MAX_INDENT: usize = 8;
+/// Deeper spans stop moving right so the label keeps room for the names; one column per level
+/// because a hop between sidecars is already three levels (call, try, server).
+const MAX_INDENT: usize = 14;
 const CRITICAL: char = '▶';
 const ORPHAN: &str = "? ";
 
@@ -142,18 +143,23 @@ pub fn waterfall(view: &View<'_>, color: bool) -> String {
     out
 }
 
-/// Indent, orphan mark, "service operation" cut to fit, then the try number, which must stay
-/// visible however long the names are.
+/// Indent, orphan mark, who called whom (`checkout → payment` for a client span whose peer is
+/// known, else "service operation") cut to fit, then the try number, which must stay visible
+/// however long the names are.
 fn label(view: &View<'_>, i: usize, depth: usize) -> String {
     let span = &view.trace.spans[i];
-    let indent = "  ".repeat(depth.min(MAX_INDENT));
+    let indent = " ".repeat(depth.min(MAX_INDENT));
     let mark = if view.tree.orphan[i] { ORPHAN } else { "" };
     let attempt = match span.attempt {
         Some(n) if n > 1 || retried_sibling(view, i) => format!(" #{n}"),
         _ => String::new(),
     };
     let room = LABEL.saturating_sub(indent.len() + mark.len() + attempt.len());
-    let name = fit(&format!("{} {}", span.service, span.name), room);
+    let text = match (span.kind, &span.peer) {
+        (Kind::Client, Some(peer)) => format!("{} → {peer}", span.service),
+        _ => format!("{} {}", span.service, span.name),
+    };
+    let name = fit(&text, room);
     format!("{indent}{mark}{name}{attempt}")
 }
 
@@ -254,6 +260,10 @@ pub struct SpanJson<'a> {
     status: &'static str,
     http_status: Option<u16>,
     attempt: Option<u32>,
+    /// `client`, `server` or `other`.
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<&'a str>,
     orphan: bool,
 }
 
@@ -276,6 +286,8 @@ pub fn json<'a>(view: &'a View<'a>) -> TraceJson<'a> {
                 status: if span.error { "error" } else { "ok" },
                 http_status: span.http_status,
                 attempt: span.attempt,
+                kind: span.kind.as_str(),
+                peer: span.peer.as_deref(),
                 orphan: view.tree.orphan[*i],
             }
         })

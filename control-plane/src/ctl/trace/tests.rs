@@ -8,7 +8,7 @@ use std::time::Duration;
 use hyper::StatusCode;
 
 use super::jaeger::{V1, gateway_error, parse_v1, parse_v3};
-use super::model::{Span, Trace};
+use super::model::{Kind, Span, Trace};
 use super::query::{V3Search, v3_search_answer};
 use super::render::{self, View, human};
 use super::{parse_lookback, parse_trace_id, select};
@@ -42,13 +42,13 @@ fn assert_fits(text: &str, width: usize) {
 const CHAIN_GOLDEN: &str = "\
 trace 4bf92f3577b34da6a3ce929d0e0e4736  120ms  6 spans  2 errors
 services: orders, payments, ledger
-                               0                         120ms
-▶ orders GET /checkout         ███████████████████████████████   120ms
-▶   orders POST payments #1     █████████                         30ms ERROR 503
-▶     payments POST /charge     ████████                          26ms ERROR 503
-▶   orders POST payments #2                   ███████████████     55ms
-▶     payments POST /charge                    ██████████████     51ms
-▶       ledger PUT /entries                      ██████████       35ms
+                                   0                     120ms
+▶ orders GET /checkout             ███████████████████████████   120ms
+▶  orders POST payments #1          ███████                       30ms ERROR 503
+▶   payments POST /charge           ███████                       26ms ERROR 503
+▶  orders POST payments #2                      █████████████     55ms
+▶   payments POST /charge                       █████████████     51ms
+▶    ledger PUT /entries                          █████████       35ms
 ▶ critical path: the spans that set the total latency
 ";
 
@@ -66,11 +66,11 @@ fn fan_out_critical_path_is_the_late_branch() {
         "\
 trace 0af7651916cd43dd8448eb211c80319c  100ms  4 spans
 services: gateway, catalog, recs, ml
-                               0                         100ms
-▶ gateway GET /home            ███████████████████████████████   100ms
-    catalog GET /items         ██████████                         28ms
-▶   recs GET /recommendations  ██████████████████████████████     92ms
-▶     ml POST /score              █████████████████████████       80ms
+                                   0                     100ms
+▶ gateway GET /home                ███████████████████████████   100ms
+   catalog GET /items              █████████                      28ms
+▶  recs GET /recommendations       ██████████████████████████     92ms
+▶   ml POST /score                   ███████████████████████      80ms
 ▶ critical path: the spans that set the total latency
 "
     );
@@ -100,10 +100,10 @@ fn orphans_render_as_roots_with_a_note() {
         "\
 trace 00f067aa0ba902b7  80ms  3 spans  1 error
 services: web, api, worker
-                               0                          80ms
-▶ web GET /                    ████████████████████               50ms
-▶   api GET /api                ███████████████                   35ms
-  ? worker process job                ████████████████████████    60ms ERROR
+                                   0                      80ms
+▶ web GET /                        █████████████████              50ms
+▶  api GET /api                     █████████████                 35ms
+  ? worker process job                   █████████████████████    60ms ERROR
 ▶ critical path: the spans that set the total latency
 ? parent span not in the trace (not reported yet or dropped): shown as a root
 "
@@ -171,7 +171,8 @@ fn json_is_normalized() {
         &serde_json::json!({
             "span_id": "e1f0a9b8c7d6e5f4", "parent_id": "53995c3f42cd8ad8", "service": "orders",
             "name": "POST payments", "depth": 1, "offset_us": 60_000, "duration_us": 55_000,
-            "critical": true, "status": "ok", "http_status": 200, "attempt": 2, "orphan": false,
+            "critical": true, "status": "ok", "http_status": 200, "attempt": 2, "kind": "client",
+            "orphan": false,
         })
     );
     assert_eq!(json["spans"][1]["status"], "error");
@@ -211,6 +212,12 @@ fn hostile_traces_fit() {
             error: depth % 3 == 0,
             http_status: Some(599),
             attempt: Some(1000 + u32::try_from(depth).unwrap_or(0)),
+            kind: if depth % 2 == 0 {
+                Kind::Client
+            } else {
+                Kind::Server
+            },
+            peer: Some(format!("peer\u{1b}[31m-{}", "x".repeat(200))),
         });
     }
     let trace = Trace {
@@ -455,4 +462,78 @@ fn api_v3_search_answer() {
         v3_search_answer(StatusCode::INTERNAL_SERVER_ERROR, b"storage down"),
         V3Search::Refused
     ));
+}
+
+/// One hop through two sidecars as the proxies write it: the caller's call and try (CLIENT,
+/// kind 3, `peer.service`) and the callee's SERVER span (kind 2).
+#[test]
+fn client_spans_read_caller_to_callee() {
+    let kv = |k: &str, v: &str| format!(r#"{{"key":"{k}","value":{{"stringValue":"{v}"}}}}"#);
+    let span = |id: &str, parent: &str, kind: u8, attrs: &str, start: u64, end: u64| {
+        format!(
+            r#"{{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"{id}","parentSpanId":"{parent}","name":"GET /pay","kind":{kind},"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}","attributes":[{attrs}]}}"#
+        )
+    };
+    let rs = |service: &str, spans: &[String]| {
+        format!(
+            r#"{{"resource":{{"attributes":[{}]}},"scopeSpans":[{{"spans":[{}]}}]}}"#,
+            kv("service.name", service),
+            spans.join(",")
+        )
+    };
+    let call = span(
+        "00000000000000a1",
+        "",
+        3,
+        &kv("peer.service", "payment"),
+        0,
+        9_000_000,
+    );
+    let try1 = span(
+        "00000000000000a2",
+        "00000000000000a1",
+        3,
+        &kv("server.address", "payment"),
+        1_000_000,
+        8_000_000,
+    );
+    let server = span(
+        "00000000000000a3",
+        "00000000000000a2",
+        2,
+        "",
+        2_000_000,
+        7_000_000,
+    );
+    let line = format!(
+        r#"{{"resourceSpans":[{},{}]}}"#,
+        rs("checkout", &[call, try1]),
+        rs("payment", &[server])
+    );
+    let traces = super::jaeger::parse_otlp(line.as_bytes()).expect("parse");
+    let trace = &traces[0];
+    let kinds: Vec<(Kind, Option<&str>)> = trace
+        .spans
+        .iter()
+        .map(|s| (s.kind, s.peer.as_deref()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (Kind::Client, Some("payment")),
+            (Kind::Client, Some("payment")),
+            (Kind::Server, None)
+        ]
+    );
+    let text = render::waterfall(&View::new(trace), false);
+    let rows: Vec<&str> = text.lines().skip(3).take(3).collect();
+    assert!(rows[0].contains("checkout → payment"), "{text}");
+    assert!(rows[1].contains(" checkout → payment"), "{text}");
+    assert!(rows[2].contains("payment GET /pay"), "{text}");
+    let view = View::new(trace);
+    let value = serde_json::to_value(render::json(&view)).expect("json");
+    assert_eq!(value["spans"][0]["kind"], "client");
+    assert_eq!(value["spans"][0]["peer"], "payment");
+    assert_eq!(value["spans"][2]["kind"], "server");
+    assert!(value["spans"][2].get("peer").is_none());
 }
