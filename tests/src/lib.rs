@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod netns;
 pub mod otlp;
 pub mod pair;
+pub mod pooled;
 pub mod process;
 pub mod proxy;
 pub mod raw_http;

@@ -11,14 +11,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Request, header};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Empty;
 use serde_json::Value;
 use tokio::sync::Semaphore;
+
+use crate::pooled::{self, Pooled};
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -41,9 +39,7 @@ pub struct Sample {
 
 /// Runs the plan; every request is counted, none is fatal.
 pub async fn run(plan: &Plan) -> Vec<Sample> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let client = pooled::client();
     let permits = Arc::new(Semaphore::new(plan.concurrency.max(1) as usize));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..plan.requests {
@@ -66,7 +62,7 @@ pub async fn run(plan: &Plan) -> Vec<Sample> {
     samples
 }
 
-async fn one(client: &Client<HttpConnector, Empty<Bytes>>, plan: &Plan) -> Sample {
+async fn one(client: &Pooled, plan: &Plan) -> Sample {
     let start = Instant::now();
     let failed = |error: String| Sample {
         status: 0,
@@ -82,28 +78,12 @@ async fn one(client: &Client<HttpConnector, Empty<Bytes>>, plan: &Plan) -> Sampl
     if let Ok(host) = plan.host.parse() {
         req.headers_mut().insert(header::HOST, host);
     }
-    let exchange = async {
-        let rsp = client.request(req).await.map_err(|e| e.to_string())?;
-        let status = rsp.status().as_u16();
-        let weir_error = rsp
-            .headers()
-            .get("x-weir-error")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = rsp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok::<_, String>((status, weir_error, body))
-    };
-    match tokio::time::timeout(plan.timeout, exchange).await {
-        Ok(Ok((status, weir_error, body))) => Sample {
-            status,
+    match tokio::time::timeout(plan.timeout, pooled::exchange(client, req)).await {
+        Ok(Ok(answer)) => Sample {
+            status: answer.status,
             latency: start.elapsed(),
-            weir_error,
-            reply: serde_json::from_slice(&body).ok(),
+            weir_error: answer.weir_error,
+            reply: serde_json::from_slice(&answer.body).ok(),
         },
         Ok(Err(e)) => failed(e),
         Err(_) => failed("client timeout".into()),

@@ -19,13 +19,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use super::{HttpStats, RespBody, Server, serve_http};
+use crate::pooled::{self, Pooled};
 
 /// Headers a real app copies from the request it serves to the calls it makes for it.
 const PROPAGATED: [&str; 9] = [
@@ -88,18 +86,16 @@ pub fn parse_calls(spec: &str) -> Result<Vec<Vec<String>>, String> {
 
 struct Ctx {
     shop: Shop,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Pooled,
     fail_percent: AtomicU32,
     delay_ms: AtomicU64,
     rolls: AtomicU64,
 }
 
 pub fn serve(listener: TcpListener, shop: Shop) -> Server {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
     let ctx = Arc::new(Ctx {
         shop,
-        client: Client::builder(TokioExecutor::new()).build(connector),
+        client: pooled::client(),
         fail_percent: AtomicU32::new(0),
         delay_ms: AtomicU64::new(0),
         rolls: AtomicU64::new(seed()),
@@ -227,30 +223,13 @@ async fn call(ctx: &Ctx, service: &str, incoming: &HeaderMap, left: Option<Durat
             HeaderValue::from(left.as_millis().max(1) as u64),
         );
     }
-    let result = tokio::time::timeout(CALL_CAP, async {
-        let rsp = ctx.client.request(req).await.map_err(|e| e.to_string())?;
-        let status = rsp.status().as_u16();
-        let weir_error = rsp
-            .headers()
-            .get("x-weir-error")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = rsp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok::<_, String>((status, weir_error, body))
-    })
-    .await;
-    match result {
-        Ok(Ok((status, weir_error, body))) => {
-            out["status"] = json!(status);
-            if let Some(e) = weir_error {
+    match tokio::time::timeout(CALL_CAP, pooled::exchange(&ctx.client, req)).await {
+        Ok(Ok(answer)) => {
+            out["status"] = json!(answer.status);
+            if let Some(e) = answer.weir_error {
                 out["weir_error"] = json!(e);
             }
-            if let Ok(reply) = serde_json::from_slice::<Value>(&body) {
+            if let Ok(reply) = serde_json::from_slice::<Value>(&answer.body) {
                 out["reply"] = reply;
             }
         }
