@@ -95,7 +95,8 @@ metadata: { name: default }
 spec:
   mtls: strict                  # plaintext between sidecars is refused
   tracing: { sampling: 1.0 }    # a demo traces every request
----
+YAML
+cat >"$work/policy/bank.yaml" <<'YAML'
 apiVersion: weir/v1
 kind: ServicePolicy
 metadata: { name: bank, namespace: shop }
@@ -103,7 +104,7 @@ spec:
   service: bank
   authorization: { mode: allowList, allow: ["spiffe://weir.local/ns/shop/sa/payment"] }
 YAML
-ctl apply -f "$work/policy/mesh.yaml" >/dev/null
+ctl apply -f "$work/policy" >/dev/null   # mesh.yaml and bank.yaml
 
 # === The shop ===
 # name, app index (ports), service account, downstream calls, own work (ms)
@@ -253,13 +254,7 @@ converged
 load 200 8
 echo "   checkout's sidecar ejected payment-b $(metric checkout '^weir_breaker_ejections_total') time(s); the retries covered the tries before that"
 chaos payment-b fail=0; chaos bank delay_ms=300
-cat >"$work/policy/bank.yaml" <<'YAML'
-apiVersion: weir/v1
-kind: ServicePolicy
-metadata: { name: bank, namespace: shop }
-spec:
-  service: bank
-  authorization: { mode: allowList, allow: ["spiffe://weir.local/ns/shop/sa/payment"] }
+cat >>"$work/policy/bank.yaml" <<'YAML'
   bulkhead: { maxConcurrent: 4, maxPending: 2, pendingTimeout: 50ms }
 YAML
 ctl apply -f "$work/policy/bank.yaml" | sed 's/^/   /'
