@@ -6,6 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/weir/admin/v1/admin.proto",
         "proto/weir/identity/v1/identity.proto",
     ];
+    const ETCD_PROTOS: [&str; 2] = [
+        "proto/etcd/mvccpb/kv.proto",
+        "proto/etcd/etcdserverpb/rpc.proto",
+    ];
     for p in PROTOS {
         println!("cargo:rerun-if-changed={p}");
     }
@@ -21,5 +25,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".weir.discovery.v1.Document.json")
         .bytes(".weir.discovery.v1.Snapshot.trust_bundle_pem")
         .compile_protos(&PROTOS, &["proto"])?;
+    // etcd's API, for weir-control's etcd store: a client only, etcd is the server.
+    for p in ETCD_PROTOS {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&ETCD_PROTOS, &["proto"])?;
     Ok(())
 }

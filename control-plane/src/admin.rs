@@ -100,6 +100,10 @@ fn status(err: StoreError) -> Status {
         StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
         StoreError::Precondition(why) => Status::failed_precondition(why),
         StoreError::Invalid(errors) => Status::invalid_argument(errors.to_string()),
+        StoreError::Unavailable(why) => {
+            tracing::warn!(reason = %why, "store unavailable");
+            Status::unavailable(why)
+        }
         err @ (StoreError::Db(_) | StoreError::Corrupt { .. } | StoreError::Private { .. }) => {
             tracing::error!(%err, "store error");
             Status::internal(format!("{err}"))

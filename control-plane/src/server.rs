@@ -18,10 +18,12 @@ use crate::hub::Hub;
 use crate::identity::jwt::{JwksError, KubernetesConfig, KubernetesTokens};
 use crate::identity::{Authority, AuthorityError, CaFiles, IdentityService};
 use crate::serving::{DEFAULT_SERVER_NAMES, ServingError, ServingTls};
-use crate::store::{Store, StoreError};
+use crate::store::{EtcdConfig, Store, StoreError};
 use crate::token::{AdminToken, TokenError};
 
 pub const STORE_FILE: &str = "store.redb";
+/// Where the admin token lives in a shared (etcd) store.
+const ADMIN_TOKEN_SECRET: &str = "admin-token";
 /// The mesh's trust bundle, written at start and whenever it changes, for local proxies and
 /// weirctl (`--trust-bundle DATA_DIR/trust-bundle.pem`).
 pub const TRUST_BUNDLE_FILE: &str = "trust-bundle.pem";
@@ -53,6 +55,9 @@ pub struct ServerConfig {
     pub kubernetes: Option<kube::Config>,
     /// Certify accepts Kubernetes service-account tokens (`--kubernetes-issuer`).
     pub kubernetes_tokens: Option<KubernetesConfig>,
+    /// `--store etcd:…`: documents, tokens and the CA live in etcd, shared by every replica;
+    /// `None`: the embedded store file in `data_dir`.
+    pub etcd: Option<EtcdConfig>,
 }
 
 impl ServerConfig {
@@ -68,6 +73,7 @@ impl ServerConfig {
             server_names: DEFAULT_SERVER_NAMES.iter().map(|n| n.to_string()).collect(),
             kubernetes: None,
             kubernetes_tokens: None,
+            etcd: None,
         }
     }
 }
@@ -78,6 +84,8 @@ pub enum ServerError {
     Token(#[from] TokenError),
     #[error("cannot open store {path}: {source}")]
     Store { path: PathBuf, source: StoreError },
+    #[error("cannot open the etcd store: {0}")]
+    Etcd(StoreError),
     #[error(transparent)]
     Identity(#[from] AuthorityError),
     #[error("cannot listen on {addr}: {source}")]
@@ -116,16 +124,45 @@ pub struct Bound {
 
 /// Opens the data directory (store, admin token) and binds the listener.
 pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
-    let token = AdminToken::load_or_create(&config.data_dir)?;
-    let path = config.data_dir.join(STORE_FILE);
-    let open = |path: &Path| -> Result<Arc<Hub>, StoreError> {
-        let store = Store::open(path)?;
-        Hub::new(store, config.trust_domain.clone(), config.lease_grace)
+    // First: it creates the data directory the embedded store goes in.
+    let local_token = match &config.etcd {
+        None => Some(AdminToken::load_or_create(&config.data_dir)?),
+        Some(_) => None,
     };
-    let hub = open(&path).map_err(|source| ServerError::Store {
-        path: path.clone(),
-        source,
-    })?;
+    let hub = match &config.etcd {
+        None => {
+            let path = config.data_dir.join(STORE_FILE);
+            let open = |path: &Path| -> Result<Arc<Hub>, StoreError> {
+                let store = Store::open(path)?;
+                Hub::new(store, config.trust_domain.clone(), config.lease_grace)
+            };
+            open(&path).map_err(|source| ServerError::Store {
+                path: path.clone(),
+                source,
+            })?
+        }
+        Some(etcd) => {
+            let open = || -> Result<Arc<Hub>, StoreError> {
+                let store = Store::open_etcd(etcd.clone())?;
+                Hub::new(store, config.trust_domain.clone(), config.lease_grace)
+            };
+            open().map_err(ServerError::Etcd)?
+        }
+    };
+    let token = match local_token {
+        Some(token) => token,
+        // Every replica must accept the same admin token: it lives in the shared store and is
+        // written to each replica's DATA_DIR for local weirctl use.
+        None => {
+            let shared = hub
+                .store
+                .secret_or_insert_with(ADMIN_TOKEN_SECRET, || {
+                    AdminToken::generate().map(String::into_bytes)
+                })
+                .map_err(ServerError::Etcd)??;
+            AdminToken::install(&config.data_dir, &String::from_utf8_lossy(&shared))?
+        }
+    };
     let authority = Arc::new(Authority::open(
         hub.clone(),
         config.ca.as_ref(),
@@ -219,6 +256,10 @@ impl Bound {
             kubernetes_tokens,
         } = self;
         let publisher = tokio::spawn(hub.clone().publish());
+        let shared = hub
+            .store
+            .changes()
+            .map(|changes| tokio::spawn(forward_changes(hub.clone(), changes)));
         let renewer = tokio::spawn(tls.clone().renew());
         let follower = tokio::spawn(follow_rotation(authority.clone(), tls.clone(), data_dir));
         let kube_tasks = kubernetes.map_or_else(Vec::new, |client| {
@@ -275,6 +316,9 @@ impl Bound {
             }
         };
         publisher.abort();
+        if let Some(shared) = &shared {
+            shared.abort();
+        }
         renewer.abort();
         follower.abort();
         for task in &kube_tasks {
@@ -309,6 +353,14 @@ async fn follow_rotation(authority: Arc<Authority>, tls: Arc<ServingTls>, data_d
 
 /// Waits briefly for stream tasks to drop their handles, so the store file is closed when
 /// `serve` returns and the same process (a test, a benchmark) can open it again.
+/// Changes written to the shared store by any replica (this one included) wake the publisher,
+/// which rebuilds from the store; a burst of them is one build.
+async fn forward_changes(hub: Arc<Hub>, mut changes: tokio::sync::watch::Receiver<u64>) {
+    while changes.changed().await.is_ok() {
+        hub.changed();
+    }
+}
+
 async fn release(hub: Arc<Hub>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while Arc::strong_count(&hub) > 1 && tokio::time::Instant::now() < deadline {

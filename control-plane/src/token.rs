@@ -62,15 +62,33 @@ impl AdminToken {
                 Ok(AdminToken { token, path })
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                let mut bytes = [0u8; 32];
-                getrandom::fill(&mut bytes).map_err(TokenError::Random)?;
-                let token = hex::encode(bytes);
+                let token = AdminToken::generate()?;
                 write_secret(&path, &token)?;
                 tracing::info!(path = %path.display(), "created admin token");
                 Ok(AdminToken { token, path })
             }
             Err(source) => Err(TokenError::Read { path, source }),
         }
+    }
+
+    /// A new random token (256 bits, hex).
+    pub fn generate() -> Result<String, TokenError> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(TokenError::Random)?;
+        Ok(hex::encode(bytes))
+    }
+
+    /// Uses `token` (shared by every replica) and writes it to `DATA_DIR/admin.token` for local
+    /// weirctl use, replacing what was there.
+    pub fn install(data_dir: &Path, token: &str) -> Result<AdminToken, TokenError> {
+        ensure_dir(data_dir)?;
+        let path = data_dir.join(TOKEN_FILE);
+        let token = token.trim().to_string();
+        if token.is_empty() {
+            return Err(TokenError::Empty { path });
+        }
+        write_secret(&path, &token)?;
+        Ok(AdminToken { token, path })
     }
 
     pub fn secret(&self) -> &str {

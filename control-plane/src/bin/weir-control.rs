@@ -82,7 +82,22 @@ enum Command {
         /// Audience a service-account token must carry.
         #[arg(long, env = "WEIR_KUBERNETES_AUDIENCE", default_value = jwt::DEFAULT_AUDIENCE)]
         kubernetes_audience: String,
+        /// Where documents, tokens and the CA live: `embedded` (a file in the data directory,
+        /// one replica) or `etcd:http://H1:2379,http://H2:2379,…` (shared by every replica).
+        #[arg(long, env = "WEIR_STORE", default_value = "embedded", value_parser = parse_store)]
+        store: StoreSpec,
     },
+}
+
+/// `None`: the embedded store.
+#[derive(Debug, Clone)]
+struct StoreSpec(Option<weir_control::store::EtcdConfig>);
+
+fn parse_store(text: &str) -> Result<StoreSpec, String> {
+    if text == "embedded" {
+        return Ok(StoreSpec(None));
+    }
+    weir_control::store::EtcdConfig::parse(text).map(|c| StoreSpec(Some(c)))
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -105,6 +120,7 @@ fn main() -> anyhow::Result<()> {
         kubernetes_issuer,
         kubernetes_jwks,
         kubernetes_audience,
+        store,
     } = Cli::parse().command;
     anyhow::ensure!(!cert_ttl.is_zero(), "--cert-ttl must be positive");
     anyhow::ensure!(
@@ -145,6 +161,7 @@ fn main() -> anyhow::Result<()> {
                 audience: kubernetes_audience,
                 ..KubernetesConfig::new(issuer, jwks)
             }),
+        etcd: store.0,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async {

@@ -49,10 +49,9 @@ spec:
   timeouts: { request: 5s }
 ";
 
-#[tokio::test]
-async fn apply_get_history_rollback_delete() {
+async fn apply_get_history_rollback_delete(store: Store) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), &store).await;
     let mut admin = server.admin().await;
 
     let first = server.apply(POLICY).await.expect("apply");
@@ -162,10 +161,9 @@ async fn apply_get_history_rollback_delete() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn history_keeps_the_last_twenty_revisions() {
+async fn history_keeps_the_last_twenty_revisions(store: Store) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), &store).await;
     for ms in 1..=25 {
         let yaml = POLICY_V2.replace("5s", &format!("{ms}ms"));
         server.apply(&yaml).await.expect("apply");
@@ -183,10 +181,9 @@ async fn history_keeps_the_last_twenty_revisions() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn invalid_apply_reports_every_error_and_changes_nothing() {
+async fn invalid_apply_reports_every_error_and_changes_nothing(store: Store) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), &store).await;
     server.apply(POLICY).await.expect("apply");
     let invalid = "
 apiVersion: weir/v1
@@ -215,10 +212,9 @@ spec: { addresses: [] }
     server.stop().await;
 }
 
-#[tokio::test]
-async fn apply_is_all_or_nothing_against_the_store() {
+async fn apply_is_all_or_nothing_against_the_store(store: Store) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), &store).await;
     server.apply(POLICY).await.expect("apply");
     // Valid on its own, but a second MeshConfig next to the stored one: the policy change in the
     // same request must not land either.
@@ -248,10 +244,9 @@ metadata: { name: other }
     server.stop().await;
 }
 
-#[tokio::test]
-async fn identical_apply_is_unchanged_and_dry_run_writes_nothing() {
+async fn identical_apply_is_unchanged_and_dry_run_writes_nothing(store: Store) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), &store).await;
     let first = server.apply(POLICY).await.expect("apply");
     let again = server.apply(POLICY).await.expect("apply again");
     assert_eq!(
@@ -281,10 +276,9 @@ async fn identical_apply_is_unchanged_and_dry_run_writes_nothing() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn admin_calls_need_the_token() {
+async fn admin_calls_need_the_token(store: Store) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), &store).await;
     let mut admin = server.admin().await;
     let missing = admin.version(VersionRequest {}).await.expect_err("refused");
     assert_eq!(missing.code(), Code::Unauthenticated);
@@ -305,10 +299,9 @@ async fn admin_calls_need_the_token() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn store_survives_a_restart() {
+async fn store_survives_a_restart(store: Store) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), &store).await;
     server.apply(POLICY).await.expect("apply");
     let last = server.apply(POLICY_V2).await.expect("apply v2");
     let mut admin = server.admin().await;
@@ -336,7 +329,7 @@ async fn store_survives_a_restart() {
     let token = server.token.clone();
     server.stop().await;
 
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), &store).await;
     assert_eq!(server.token, token);
     let mut admin = server.admin().await;
     let after = (
@@ -363,3 +356,13 @@ async fn store_survives_a_restart() {
     assert_eq!(next.results[0].revision, 3);
     server.stop().await;
 }
+
+on_both_stores!(
+    apply_get_history_rollback_delete,
+    history_keeps_the_last_twenty_revisions,
+    invalid_apply_reports_every_error_and_changes_nothing,
+    apply_is_all_or_nothing_against_the_store,
+    identical_apply_is_unchanged_and_dry_run_writes_nothing,
+    admin_calls_need_the_token,
+    store_survives_a_restart
+);

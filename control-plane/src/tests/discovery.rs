@@ -38,10 +38,9 @@ async fn endpoints(server: &TestServer, service: &str) -> Vec<ServiceEndpoints> 
         .services
 }
 
-#[tokio::test]
-async fn hello_gets_stored_documents_and_its_own_registration() {
+async fn hello_gets_stored_documents_and_its_own_registration(store: Store) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), &store).await;
     server.apply(POLICY).await.expect("apply");
     server
         .apply(
@@ -98,10 +97,9 @@ spec: { addresses: [\"10.0.3.8:4143\"] }
     server.stop().await;
 }
 
-#[tokio::test]
-async fn apply_pushes_a_newer_snapshot_and_answers_show_in_status() {
+async fn apply_pushes_a_newer_snapshot_and_answers_show_in_status(store: Store) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), &store).await;
     let mut proxy = TestProxy::connect(&server.url, hello("payments", "10.0.3.7:4143"))
         .await
         .expect("stream");
@@ -347,3 +345,8 @@ async fn many_streams_ack_an_apply_quickly() {
         .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(String::from));
     println!("process (server and clients) {rss:?}");
 }
+
+on_both_stores!(
+    hello_gets_stored_documents_and_its_own_registration,
+    apply_pushes_a_newer_snapshot_and_answers_show_in_status
+);

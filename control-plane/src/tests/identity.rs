@@ -140,11 +140,10 @@ fn now_s() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-#[tokio::test]
-async fn certify_issues_a_spiffe_leaf() {
+async fn certify_issues_a_spiffe_leaf(store: Store) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ttl = Duration::from_secs(3600);
-    let server = TestServer::start_with(dir.path(), |c| c.cert_ttl = ttl).await;
+    let server = TestServer::start_on_with(dir.path(), &store, |c| c.cert_ttl = ttl).await;
     let (token, _) = server.create_token("shop", "orders", 0).await;
     let response = server.certify(&token, &csr(ORDERS)).await.expect("certify");
     assert_eq!(response.spiffe_id, ORDERS);
@@ -295,10 +294,9 @@ async fn certify_refusals() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn expired_token_is_refused() {
+async fn expired_token_is_refused(store: Store) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), &store).await;
     let request = server.authed(CreateTokenRequest {
         namespace: "shop".into(),
         service_account: "orders".into(),
@@ -326,15 +324,14 @@ async fn expired_token_is_refused() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn ca_and_tokens_survive_a_restart() {
+async fn ca_and_tokens_survive_a_restart(store: Store) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), &store).await;
     let (token, _) = server.create_token("shop", "orders", 0).await;
     let first = server.certify(&token, &csr(ORDERS)).await.expect("certify");
     server.stop().await;
 
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_on(dir.path(), &store).await;
     let second = server
         .certify(&token, &csr(ORDERS))
         .await
@@ -347,6 +344,9 @@ async fn ca_and_tokens_survive_a_restart() {
     };
     verify(&mixed);
     server.stop().await;
+    if store.is_some() {
+        return;
+    }
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(dir.path().join(crate::STORE_FILE))
             .expect("store")
@@ -408,3 +408,9 @@ fn pem_block(label: &str, der: &[u8]) -> String {
 fn ders_to_cert_pem(csr_pem: &str) -> String {
     pem_block("CERTIFICATE", &ders_any(csr_pem))
 }
+
+on_both_stores!(
+    certify_issues_a_spiffe_leaf,
+    expired_token_is_refused,
+    ca_and_tokens_survive_a_restart
+);

@@ -1,8 +1,26 @@
 //! In-crate end-to-end tests: a real tonic server on 127.0.0.1:0 with a temporary data
 //! directory, and real tonic clients.
 
+/// Runs each named `async fn NAME(store: Store)` as two tests, `NAME::embedded` and
+/// `NAME::etcd`: the behaviour suite holds for both backends.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn embedded() {
+                super::$name(None).await
+            }
+            #[tokio::test]
+            async fn etcd() {
+                super::$name(Some(crate::tests::etcd::config())).await
+            }
+        }
+    )*};
+}
+
 mod admin;
 mod discovery;
+mod etcd;
 mod identity;
 mod kubernetes;
 mod kubernetes_tokens;
@@ -21,7 +39,12 @@ use weir_proto::admin::v1::{ApplyRequest, ApplyResponse};
 use weir_proto::discovery::v1::discovery_client::DiscoveryClient;
 use weir_proto::discovery::v1::{Hello, ProxyMessage, Snapshot, proxy_message};
 
+use crate::store::EtcdConfig;
 use crate::{ServerConfig, ServerError};
+
+/// The store a test server runs on: `None` for the embedded file, else an etcd prefix of its own
+/// (a restarted server given the same one finds its data).
+pub type Store = Option<EtcdConfig>;
 
 pub const POLICY: &str = "
 apiVersion: weir/v1
@@ -72,6 +95,23 @@ impl TestServer {
 
     pub async fn start_with_grace(data_dir: &Path, lease_grace: Duration) -> TestServer {
         Self::start_with(data_dir, |config| config.lease_grace = lease_grace).await
+    }
+
+    pub async fn start_on(data_dir: &Path, store: &Store) -> TestServer {
+        Self::start_on_with(data_dir, store, |_| {}).await
+    }
+
+    pub async fn start_on_with(
+        data_dir: &Path,
+        store: &Store,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
+        let etcd = store.clone();
+        Self::start_with(data_dir, move |config| {
+            config.etcd = etcd;
+            configure(config);
+        })
+        .await
     }
 
     /// Starts with the test defaults changed by `configure`.

@@ -1,0 +1,194 @@
+//! A small etcd v3 client over the workspace's tonic: every call has a deadline and fails over
+//! to the next endpoint when one does not answer (down, partitioned, or without a leader), and
+//! every error names the endpoints, so "etcd is down" reads as such and not as a gRPC code.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use weir_proto::etcd::etcdserverpb as pb;
+use weir_proto::etcd::etcdserverpb::kv_client::KvClient;
+
+use crate::store::StoreError;
+
+/// One connection per etcd member, made lazily and remade after failures by tonic.
+#[derive(Clone)]
+pub(crate) struct Client {
+    urls: std::sync::Arc<[String]>,
+    channels: std::sync::Arc<[Channel]>,
+    /// The member that answered last: tried first next time.
+    preferred: std::sync::Arc<AtomicUsize>,
+    /// Newest etcd revision seen in any answer: the store's version.
+    revision: std::sync::Arc<AtomicU64>,
+    timeout: Duration,
+}
+
+impl Client {
+    pub(crate) fn new(urls: &[String], timeout: Duration) -> Result<Client, StoreError> {
+        let mut channels = Vec::with_capacity(urls.len());
+        for url in urls {
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|err| StoreError::Unavailable(format!("etcd endpoint {url}: {err}")))?
+                .connect_timeout(timeout)
+                .tcp_nodelay(true);
+            channels.push(endpoint.connect_lazy());
+        }
+        Ok(Client {
+            urls: urls.into(),
+            channels: channels.into(),
+            preferred: Default::default(),
+            revision: Default::default(),
+            timeout,
+        })
+    }
+
+    pub(crate) fn urls(&self) -> String {
+        self.urls.join(",")
+    }
+
+    pub(crate) fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// Records a revision seen in an answer (or a watch event); revisions only go up.
+    pub(crate) fn saw(&self, header: Option<&pb::ResponseHeader>) {
+        if let Some(rev) = header.and_then(|h| u64::try_from(h.revision).ok()) {
+            self.revision.fetch_max(rev, Ordering::AcqRel);
+        }
+    }
+
+    /// The members in the order to try them: the last one that answered first.
+    pub(crate) fn order(&self) -> impl Iterator<Item = (usize, &str, Channel)> + '_ {
+        let n = self.channels.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
+        (0..n).map(move |i| {
+            let at = (first + i) % n;
+            (at, self.urls[at].as_str(), self.channels[at].clone())
+        })
+    }
+
+    pub(crate) fn prefer(&self, at: usize) {
+        self.preferred.store(at, Ordering::Relaxed);
+    }
+
+    /// Runs `call` against each member in turn until one answers. A member that answers with
+    /// an error about the request itself (not its availability) ends the search.
+    pub(crate) async fn kv<T, F, Fut>(&self, what: &str, call: F) -> Result<T, StoreError>
+    where
+        F: Fn(KvClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut failures = Vec::new();
+        for (at, url, channel) in self.order() {
+            match tokio::time::timeout(self.timeout, call(KvClient::new(channel))).await {
+                Ok(Ok(response)) => {
+                    self.prefer(at);
+                    return Ok(response.into_inner());
+                }
+                Ok(Err(status)) if !member_unavailable(&status) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "etcd store ({}): {what} refused by {url}: {}",
+                        self.urls(),
+                        status.message()
+                    )));
+                }
+                Ok(Err(status)) => failures.push(format!("{url}: {}", describe(&status))),
+                Err(_) => failures.push(format!("{url}: no answer within {:?}", self.timeout)),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "etcd store ({}) is unavailable: {what} failed on every endpoint ({}); \
+             writes are refused until etcd has a quorum again, proxies keep their last snapshot",
+            self.urls(),
+            failures.join("; ")
+        )))
+    }
+
+    pub(crate) async fn range(
+        &self,
+        request: pb::RangeRequest,
+    ) -> Result<pb::RangeResponse, StoreError> {
+        let response = self
+            .kv("read", |mut kv| {
+                let request = request.clone();
+                async move { kv.range(request).await }
+            })
+            .await?;
+        // Not a version: the header's revision counts writes outside this store's prefix too.
+        Ok(response)
+    }
+
+    pub(crate) async fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse, StoreError> {
+        let response = self
+            .kv("write", |mut kv| {
+                let request = request.clone();
+                async move { kv.txn(request).await }
+            })
+            .await?;
+        if response.succeeded {
+            self.saw(response.header.as_ref());
+        }
+        Ok(response)
+    }
+
+    pub(crate) async fn put(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<u64, StoreError> {
+        let request = pb::PutRequest {
+            key,
+            value,
+            lease,
+            prev_kv: false,
+        };
+        let response = self
+            .kv("write", |mut kv| {
+                let request = request.clone();
+                async move { kv.put(request).await }
+            })
+            .await?;
+        self.saw(response.header.as_ref());
+        Ok(response
+            .header
+            .and_then(|h| u64::try_from(h.revision).ok())
+            .unwrap_or(0))
+    }
+}
+
+/// Worth trying another member: this one is down, slow, or cut off from its leader.
+fn member_unavailable(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Internal
+            | Code::Cancelled
+    ) || status.message().contains("no leader")
+        || status.message().contains("request timed out")
+}
+
+fn describe(status: &tonic::Status) -> String {
+    let message = status.message();
+    if message.is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        message.to_string()
+    }
+}
+
+/// The end of the key range holding every key that starts with `prefix`.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte was 0xff: etcd reads "\0" as "to the end of the keyspace".
+    vec![0]
+}

@@ -1,0 +1,141 @@
+//! Watches the store's prefix so a change written through any replica reaches this one's
+//! proxies: each batch of events moves the version forward and tells the publisher.
+//!
+//! The watch asks etcd to end it when its member loses the leader (`hasleader`), so a member cut
+//! off from the cluster does not leave this replica silently stale: it reconnects to another.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tonic::metadata::MetadataValue;
+use weir_proto::etcd::etcdserverpb::watch_client::WatchClient;
+use weir_proto::etcd::etcdserverpb::{self as pb, watch_request};
+
+use super::client::{Client, prefix_end};
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(3);
+
+/// Runs until the receiver side is gone, resuming after the last revision it saw.
+pub(super) async fn run(
+    client: Client,
+    prefix: String,
+    from: u64,
+    tx: tokio::sync::watch::Sender<u64>,
+) {
+    let mut next = from + 1;
+    let mut backoff = RETRY_MIN;
+    loop {
+        let mut progressed = false;
+        for (at, url, channel) in client.order() {
+            if tx.is_closed() {
+                return;
+            }
+            match watch_once(&client, channel, &prefix, &mut next, &tx).await {
+                Ok(()) => return,
+                Err(reason) => {
+                    progressed |= reason.progressed;
+                    tracing::warn!(etcd = url, reason = %reason.message, "etcd watch ended; trying the next endpoint");
+                    // A member that worked once is likely to work again after a blip.
+                    if reason.progressed {
+                        client.prefer(at);
+                    }
+                }
+            }
+        }
+        if progressed {
+            backoff = RETRY_MIN;
+        }
+        let jitter = Duration::from_millis(u64::from(rand_ms()) % 100);
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(RETRY_MAX);
+        // Whatever happened meanwhile is read again by the next build.
+        tx.send_modify(|v| *v = (*v).max(client.revision()));
+    }
+}
+
+struct Ended {
+    message: String,
+    /// At least one event or the creation was received on this connection.
+    progressed: bool,
+}
+
+/// One watch on one member. `Ok` only when nobody listens any more.
+async fn watch_once(
+    client: &Client,
+    channel: tonic::transport::Channel,
+    prefix: &str,
+    next: &mut u64,
+    tx: &tokio::sync::watch::Sender<u64>,
+) -> Result<(), Ended> {
+    let key = prefix.as_bytes().to_vec();
+    let create = pb::WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(
+            pb::WatchCreateRequest {
+                range_end: prefix_end(&key),
+                key,
+                start_revision: i64::try_from(*next).unwrap_or(i64::MAX),
+                progress_notify: true,
+                prev_kv: false,
+            },
+        )),
+    };
+    // The request stream stays open (a closed one would end the watch); nothing more is sent.
+    let (_keep, requests) = tokio::sync::mpsc::channel::<pb::WatchRequest>(1);
+    let outbound = futures_util::stream::once(async move { create })
+        .chain(tokio_stream::wrappers::ReceiverStream::new(requests));
+    let mut request = tonic::Request::new(outbound);
+    request
+        .metadata_mut()
+        .insert("hasleader", MetadataValue::from_static("true"));
+    let ended = |message: String, progressed| Ended {
+        message,
+        progressed,
+    };
+    let mut stream = WatchClient::new(channel)
+        .watch(request)
+        .await
+        .map_err(|s| ended(s.message().to_string(), false))?
+        .into_inner();
+    let mut progressed = false;
+    loop {
+        let response = match stream.next().await {
+            Some(Ok(response)) => response,
+            Some(Err(status)) => return Err(ended(status.message().to_string(), progressed)),
+            None => return Err(ended("stream closed".into(), progressed)),
+        };
+        progressed = true;
+        if response.canceled {
+            if response.compact_revision > 0 {
+                // History before this was compacted away: start from now; the next build reads
+                // the whole state anyway.
+                *next = u64::try_from(response.compact_revision).unwrap_or(*next);
+            }
+            return Err(ended(
+                format!("canceled: {}", response.cancel_reason),
+                progressed,
+            ));
+        }
+        client.saw(response.header.as_ref());
+        if let Some(rev) = response
+            .events
+            .iter()
+            .filter_map(|e| e.kv.as_ref())
+            .map(|kv| kv.mod_revision)
+            .max()
+            .and_then(|rev| u64::try_from(rev).ok())
+        {
+            *next = rev + 1;
+            if tx.send(client.revision().max(rev)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A little jitter so replicas that lost the same member do not retry in step.
+fn rand_ms() -> u16 {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    u16::from_le_bytes(b)
+}

@@ -1,0 +1,393 @@
+//! The policy store: every document by kind/namespace/name, with per-object revisions, the last
+//! [`HISTORY_LEN`] revisions of each object, the snapshot version clock, and the identity
+//! secrets and tokens.
+//!
+//! Two backends keep the same data with the same rules: an embedded redb file (one machine, the
+//! default) and etcd (several `weir-control` replicas sharing one mesh). Every write is one
+//! transaction on either, so a crash leaves either all of an apply or none of it. Deleted objects
+//! keep a tombstone so their revision numbers keep counting up when they are created again, and
+//! `history` still works after a delete. The rules themselves live once, in [`tables`].
+
+mod embedded;
+pub mod etcd;
+mod identity;
+mod tables;
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use weir_policy::{Document, Errors};
+
+pub use etcd::EtcdConfig;
+pub use identity::TokenRecord;
+
+/// Revisions kept per object, deletions included.
+pub const HISTORY_LEN: u64 = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Db(#[from] redb::Error),
+    /// etcd did not answer or refused: the message names the endpoints and what to check.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("store record {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Precondition(String),
+    #[error("{0}")]
+    Invalid(Errors),
+    #[error("cannot make the store file {path} private (0600): {source}")]
+    Private {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+macro_rules! redb_errors {
+    ($($t:ident),*) => {$(
+        impl From<redb::$t> for StoreError {
+            fn from(err: redb::$t) -> Self {
+                StoreError::Db(err.into())
+            }
+        }
+    )*};
+}
+redb_errors!(
+    DatabaseError,
+    TransactionError,
+    TableError,
+    StorageError,
+    CommitError
+);
+
+/// One revision of one object, as returned to callers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub revision: u64,
+    /// weir-policy JSON; empty for a deletion.
+    pub json: String,
+    pub updated_unix_ms: i64,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Created,
+    Configured,
+    Unchanged,
+    Deleted,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Configured => "configured",
+            Action::Unchanged => "unchanged",
+            Action::Deleted => "deleted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub object: Object,
+    pub action: Action,
+}
+
+/// What is stored under each key; the key itself carries kind/namespace/name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    revision: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    json: String,
+    updated_unix_ms: i64,
+    #[serde(default)]
+    deleted: bool,
+}
+
+/// `(kind, namespace, name)` of a stored object.
+type ObjectKey = (String, String, String);
+
+pub struct Store {
+    backend: Backend,
+}
+
+enum Backend {
+    Embedded(embedded::Embedded),
+    Etcd(etcd::Etcd),
+}
+
+/// Runs the same expression on whichever backend is open; both have the same methods.
+macro_rules! on_backend {
+    ($store:expr, $b:ident => $e:expr) => {
+        match &$store.backend {
+            Backend::Embedded($b) => $e,
+            Backend::Etcd($b) => $e,
+        }
+    };
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Opens (or creates) the embedded store file.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Backend::Embedded(embedded::Embedded::open(path)?),
+        })
+    }
+
+    /// Connects to etcd and reads the current revision; fails when no endpoint answers.
+    pub fn open_etcd(config: EtcdConfig) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Backend::Etcd(etcd::Etcd::open(config)?),
+        })
+    }
+
+    /// `etcd (http://a:2379,…)` or `embedded (path)`, for messages and `/ready`.
+    pub fn describe(&self) -> String {
+        on_backend!(self, b => b.describe())
+    }
+
+    /// Changes made by anyone to the shared store (other replicas included), as the newest
+    /// version seen. `None` for the embedded store, which only this process writes.
+    pub fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match &self.backend {
+            Backend::Embedded(_) => None,
+            Backend::Etcd(b) => Some(b.changes()),
+        }
+    }
+
+    /// Whether the store answers now (etcd: a quorum read). The embedded store always does.
+    pub fn healthy(&self) -> Result<(), StoreError> {
+        on_backend!(self, b => b.healthy())
+    }
+
+    /// The newest snapshot version handed out (or, on etcd, seen).
+    pub fn version(&self) -> u64 {
+        on_backend!(self, b => b.version())
+    }
+
+    /// A new, higher version for an in-memory change (a registration, new roots).
+    pub fn bump_version(&self) -> Result<u64, StoreError> {
+        on_backend!(self, b => b.bump_version())
+    }
+
+    /// Writes every document or none. An identical document is `Unchanged` and gets no new
+    /// revision. A dry run reports the same actions and revisions and commits nothing.
+    /// Returns the results and the version carrying the change.
+    pub fn apply(
+        &self,
+        docs: &[Document],
+        dry_run: bool,
+    ) -> Result<(Vec<Applied>, u64), StoreError> {
+        let now = now_unix_ms();
+        let mut encoded = Vec::with_capacity(docs.len());
+        for doc in docs {
+            let json = serde_json::to_string(doc).map_err(|err| StoreError::Corrupt {
+                key: doc.key(),
+                reason: format!("cannot serialise: {err}"),
+            })?;
+            encoded.push((doc.kind(), doc.namespace(), doc.name(), json));
+        }
+        let mesh_config = docs.iter().find_map(|d| match d {
+            Document::MeshConfig(m) => Some(m.metadata.name.as_str()),
+            _ => None,
+        });
+        let f = |t: &mut dyn tables::Tables| tables::apply(t, &encoded, mesh_config, now);
+        on_backend!(self, b => b.write(dry_run, &f))
+    }
+
+    /// Records a deletion as a new revision. `NotFound` when there is no live object.
+    pub fn delete(&self, kind: &str, ns: &str, name: &str) -> Result<(Applied, u64), StoreError> {
+        let now = now_unix_ms();
+        let f = |t: &mut dyn tables::Tables| tables::delete(t, kind, ns, name, now);
+        on_backend!(self, b => b.write(false, &f))
+    }
+
+    /// Re-applies the content of an earlier revision as a new revision (or `Unchanged` when the
+    /// object already has that content).
+    pub fn rollback(
+        &self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        to_revision: u64,
+    ) -> Result<(Applied, u64), StoreError> {
+        let now = now_unix_ms();
+        let f = |t: &mut dyn tables::Tables| tables::rollback(t, kind, ns, name, to_revision, now);
+        on_backend!(self, b => b.write(false, &f))
+    }
+
+    /// Live objects of `kind` (every kind when `None`), optionally filtered by namespace and
+    /// name, ordered by kind, namespace and name.
+    pub fn get(
+        &self,
+        kind: Option<&str>,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Vec<Object>, StoreError> {
+        let mut all = on_backend!(self, b => b.objects(kind))?;
+        all.retain(|((_, k_ns, k_name), record)| {
+            !record.deleted
+                && namespace.is_none_or(|want| want == k_ns)
+                && name.is_none_or(|want| want == k_name)
+        });
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all
+            .into_iter()
+            .map(|((kind, ns, name), record)| object(&kind, &ns, &name, record))
+            .collect())
+    }
+
+    /// Every kept revision of one object, oldest first; `NotFound` if it never existed.
+    pub fn history(&self, kind: &str, ns: &str, name: &str) -> Result<Vec<Object>, StoreError> {
+        let mut records = on_backend!(self, b => b.history(kind, ns, name))?;
+        if records.is_empty() {
+            return Err(StoreError::NotFound(display_key(kind, ns, name)));
+        }
+        records.sort_by_key(|r| r.revision);
+        Ok(records
+            .into_iter()
+            .map(|r| object(kind, ns, name, r))
+            .collect())
+    }
+
+    /// The secret `name`, made with `init` and stored if there is none yet. One transaction, so
+    /// a secret is created exactly once, by whichever replica comes first.
+    pub fn secret_or_insert_with<E>(
+        &self,
+        name: &str,
+        init: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<Result<Vec<u8>, E>, StoreError> {
+        if let Some(existing) = self.secret(name)? {
+            return Ok(Ok(existing));
+        }
+        let value = match init() {
+            Ok(value) => value,
+            Err(err) => return Ok(Err(err)),
+        };
+        // Another writer may have got there between the read and now: the stored value wins.
+        on_backend!(self, b => b.insert_secret(name, &value)).map(Ok)
+    }
+
+    /// Writes several secrets in one transaction, so readers never see half of a change (e.g.
+    /// a new signing root without the trust state that goes with it).
+    pub fn put_secrets(&self, secrets: &[(&str, &[u8])]) -> Result<(), StoreError> {
+        on_backend!(self, b => b.put_secrets(secrets))
+    }
+
+    /// The secret `name`, if stored.
+    pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        on_backend!(self, b => b.secret(name))
+    }
+
+    /// Records a new token; an id that exists already is refused rather than overwritten.
+    pub fn insert_token(&self, record: &TokenRecord) -> Result<(), StoreError> {
+        let value = identity::encode(record)?;
+        let inserted = on_backend!(self, b => b.insert_token(&record.id, &value))?;
+        if !inserted {
+            return Err(StoreError::Precondition(format!(
+                "token id {} exists already; try again",
+                record.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Marks a token revoked (again, if it was). `NotFound` for an unknown id.
+    pub fn revoke_token(&self, id: &str) -> Result<TokenRecord, StoreError> {
+        let revoke = |value: &str| -> Result<String, StoreError> {
+            let mut record = identity::decode(id, value)?;
+            record.revoked = true;
+            identity::encode(&record)
+        };
+        match on_backend!(self, b => b.update_token(id, &revoke))? {
+            Some(value) => identity::decode(id, &value),
+            None => Err(StoreError::NotFound(format!("token {id}"))),
+        }
+    }
+
+    pub fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        on_backend!(self, b => b.token(id))?
+            .map(|value| identity::decode(id, &value))
+            .transpose()
+    }
+
+    /// Every token, oldest first.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut out = on_backend!(self, b => b.tokens())?
+            .into_iter()
+            .map(|(id, value)| identity::decode(&id, &value))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
+        Ok(out)
+    }
+}
+
+/// Whether a write changed anything, so an all-`Unchanged` apply commits nothing and takes no
+/// version.
+trait ResultsChanged {
+    fn changed(&self) -> bool;
+}
+
+impl ResultsChanged for Applied {
+    fn changed(&self) -> bool {
+        self.action != Action::Unchanged
+    }
+}
+
+impl ResultsChanged for Vec<Applied> {
+    fn changed(&self) -> bool {
+        self.iter().any(ResultsChanged::changed)
+    }
+}
+
+fn decode(key: &str, value: &str) -> Result<Record, StoreError> {
+    serde_json::from_str(value).map_err(|err| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: err.to_string(),
+    })
+}
+
+fn encode(key: &str, record: &Record) -> Result<String, StoreError> {
+    serde_json::to_string(record).map_err(|err| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: err.to_string(),
+    })
+}
+
+fn object(kind: &str, ns: &str, name: &str, record: Record) -> Object {
+    Object {
+        kind: kind.to_string(),
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        revision: record.revision,
+        json: record.json,
+        updated_unix_ms: record.updated_unix_ms,
+        deleted: record.deleted,
+    }
+}
+
+/// `ServicePolicy shop/payments`, as weir-policy names documents.
+pub fn display_key(kind: &str, ns: &str, name: &str) -> String {
+    if ns.is_empty() {
+        format!("{kind} {name}")
+    } else {
+        format!("{kind} {ns}/{name}")
+    }
+}
+
+pub(crate) fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,125 @@
+//! One real etcd member for this test binary (Debian's `etcd-server`), started on first use on
+//! free loopback ports. Each test gets its own key prefix, so tests share the member and still
+//! see only their own data.
+//!
+//! The member runs under a small shell that kills it when this process's end of its stdin
+//! closes, so it never outlives the test binary, whichever way that ends.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::store::EtcdConfig;
+
+struct Member {
+    client_url: String,
+    _child: Child,
+    _dir: tempfile::TempDir,
+}
+
+static MEMBER: OnceLock<Member> = OnceLock::new();
+static NEXT_PREFIX: AtomicU64 = AtomicU64::new(0);
+
+/// Where etcd is on this machine; `.ci/run` installs Debian's `etcd-server`.
+pub fn etcd_binary() -> String {
+    std::env::var("WEIR_ETCD_BIN").unwrap_or_else(|_| "etcd".into())
+}
+
+/// An etcd store config with a prefix no other test uses.
+pub fn config() -> EtcdConfig {
+    let member = MEMBER.get_or_init(start);
+    let n = NEXT_PREFIX.fetch_add(1, Ordering::Relaxed);
+    EtcdConfig {
+        prefix: format!("/test-{}-{n}/", std::process::id()),
+        ..EtcdConfig::parse(&format!("etcd:{}", member.client_url)).expect("etcd config")
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// etcd's own `/health` says it has a leader and serves reads.
+pub fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+    if tcp.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer);
+    answer.contains("\"health\":\"true\"")
+}
+
+fn start() -> Member {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (client, peer) = (free_port(), free_port());
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let etcd = etcd_binary();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("\"$@\" & pid=$!; cat >/dev/null; kill $pid; wait $pid")
+        .arg("etcd-watchdog")
+        .arg(&etcd)
+        .args(["--name", "test", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("test={peer_url}")])
+        .args(["--log-level", "error"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| {
+            panic!(
+                "cannot start {etcd} (install Debian's etcd-server, or set WEIR_ETCD_BIN): {err}"
+            )
+        });
+    let stderr = child.stderr.take().expect("stderr");
+    // Drained so etcd never blocks on a full pipe; kept for the failure message below.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut log) = sink.lock() {
+                log.push_str(&line);
+                log.push('\n');
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if healthy(client) {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "etcd exited with {status}: {}",
+                log.lock().map(|l| l.clone()).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "etcd not listening on {client_url} within 20s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Member {
+        client_url,
+        _child: child,
+        _dir: dir,
+    }
+}
