@@ -202,7 +202,11 @@ pub fn build(
 ) -> Result<Published, StoreError> {
     let version = store.version();
     let objects = store.get(None, None, None)?;
-    let views = registry.views();
+    let views = if store.shared() {
+        registry.views_with(&store.registrations()?)
+    } else {
+        registry.views()
+    };
     Ok(Published {
         version,
         documents: documents(objects, views, derived.all()),

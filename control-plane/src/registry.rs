@@ -139,18 +139,28 @@ impl Registry {
         let mut version = store.version();
         if let Some(address) = address {
             let key = (hello.namespace.clone(), hello.service.clone());
-            let regs = inner.services.entry(key).or_default();
+            let regs = inner.services.entry(key.clone()).or_default();
             let before = view(regs);
             regs.push(Registration {
                 stream,
                 address,
-                identity,
+                identity: identity.clone(),
                 leased: false,
             });
-            if view(regs) != before {
-                // Bumped under the registry lock: a snapshot built from version >= this one
-                // reads the registry afterwards and so includes the registration.
-                version = store.bump_version()?;
+            // A shared store keeps every registration, for the other replicas' proxies, even
+            // when this replica's view does not change.
+            if view(regs) != before || store.shared() {
+                // Under the registry lock: a snapshot built from version >= this one reads the
+                // registry afterwards and so includes the registration.
+                match store.register(&key, stream, address, &identity) {
+                    Ok(v) => version = v,
+                    // A shared store that is away must not keep proxies from their snapshot:
+                    // the registration is written once the store answers again.
+                    Err(err) if store.shared() => {
+                        tracing::warn!(%err, service = %key.1, "registration not yet shared")
+                    }
+                    Err(err) => return Err(err),
+                }
             }
         }
         Ok(Connected {
@@ -190,14 +200,23 @@ impl Registry {
     pub fn expire(&self, stream: u64, store: &Store) -> Result<Option<u64>, StoreError> {
         let mut inner = self.lock();
         let mut changed = false;
-        inner.services.retain(|_, regs| {
+        let mut removed = Vec::new();
+        inner.services.retain(|key, regs| {
             if regs.iter().any(|r| r.stream == stream && r.leased) {
                 let before = view(regs);
                 regs.retain(|r| !(r.stream == stream && r.leased));
                 changed |= view(regs) != before;
+                removed.push(key.clone());
             }
             !regs.is_empty()
         });
+        if store.shared() {
+            let mut version = None;
+            for key in &removed {
+                version = Some(store.unregister(key, stream)?);
+            }
+            return Ok(version);
+        }
         if changed {
             return store.bump_version().map(Some);
         }
@@ -211,6 +230,29 @@ impl Registry {
             .services
             .iter()
             .map(|(key, regs)| (key.clone(), view(regs)))
+            .collect()
+    }
+
+    /// Like [`Registry::views`], with the registrations other replicas keep in a shared store
+    /// (this replica's own are in there too, and count once).
+    pub fn views_with(
+        &self,
+        shared: &[(ServiceKey, Registered)],
+    ) -> Vec<(ServiceKey, ServiceView)> {
+        let inner = self.lock();
+        let mut all: BTreeMap<&ServiceKey, Vec<(SocketAddr, &str)>> = BTreeMap::new();
+        for (key, regs) in &inner.services {
+            all.entry(key)
+                .or_default()
+                .extend(regs.iter().map(|r| (r.address, r.identity.as_str())));
+        }
+        for (key, reg) in shared {
+            all.entry(key)
+                .or_default()
+                .push((reg.address, reg.identity.as_str()));
+        }
+        all.into_iter()
+            .map(|(key, regs)| (key.clone(), view_of(regs.into_iter())))
             .collect()
     }
 
@@ -246,11 +288,17 @@ impl Registry {
 }
 
 fn view(regs: &[Registration]) -> ServiceView {
-    let mut addresses: Vec<SocketAddr> = regs.iter().map(|r| r.address).collect();
+    view_of(regs.iter().map(|r| (r.address, r.identity.as_str())))
+}
+
+/// Addresses sorted without duplicates; the identity when every registration agrees on one.
+fn view_of<'a>(regs: impl Iterator<Item = (SocketAddr, &'a str)> + Clone) -> ServiceView {
+    let mut addresses: Vec<SocketAddr> = regs.clone().map(|(a, _)| a).collect();
     addresses.sort();
     addresses.dedup();
-    let first = regs.first().map(|r| r.identity.as_str()).unwrap_or("");
-    let agreed = !first.is_empty() && regs.iter().all(|r| r.identity == first);
+    let mut identities = regs.map(|(_, i)| i);
+    let first = identities.next().unwrap_or("");
+    let agreed = !first.is_empty() && identities.all(|i| i == first);
     ServiceView {
         addresses,
         identity: agreed.then(|| first.to_string()),

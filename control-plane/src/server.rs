@@ -143,7 +143,10 @@ pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
         }
         Some(etcd) => {
             let open = || -> Result<Arc<Hub>, StoreError> {
-                let store = Store::open_etcd(etcd.clone())?;
+                let store = Store::open_etcd(EtcdConfig {
+                    lease_ttl: config.lease_grace,
+                    ..etcd.clone()
+                })?;
                 Hub::new(store, config.trust_domain.clone(), config.lease_grace)
             };
             open().map_err(ServerError::Etcd)?

@@ -19,6 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use weir_policy::{Document, Errors};
 
+use crate::registry::{Registered, ServiceKey};
+
 pub use etcd::EtcdConfig;
 pub use identity::TokenRecord;
 
@@ -163,6 +165,43 @@ impl Store {
         match &self.backend {
             Backend::Embedded(_) => None,
             Backend::Etcd(b) => Some(b.changes()),
+        }
+    }
+
+    /// Whether other replicas share this store (etcd).
+    pub fn shared(&self) -> bool {
+        matches!(self.backend, Backend::Etcd(_))
+    }
+
+    /// Records a proxy's endpoint for every replica (shared store: under this replica's lease,
+    /// so it vanishes when the replica dies); returns the version that includes it.
+    pub fn register(
+        &self,
+        service: &ServiceKey,
+        stream: u64,
+        address: std::net::SocketAddr,
+        identity: &str,
+    ) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Embedded(b) => b.bump_version(),
+            Backend::Etcd(b) => b.register(service, stream, address, identity),
+        }
+    }
+
+    /// Removes what [`Store::register`] recorded; returns the version without it.
+    pub fn unregister(&self, service: &ServiceKey, stream: u64) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Embedded(b) => b.bump_version(),
+            Backend::Etcd(b) => b.unregister(service, stream),
+        }
+    }
+
+    /// Every replica's registrations in a shared store; none for the embedded one (the
+    /// registry holds them).
+    pub fn registrations(&self) -> Result<Vec<(ServiceKey, Registered)>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(Vec::new()),
+            Backend::Etcd(b) => b.registrations(),
         }
     }
 

@@ -24,6 +24,7 @@ mod etcd;
 mod identity;
 mod kubernetes;
 mod kubernetes_tokens;
+mod replicas;
 
 use std::future::Future;
 use std::path::Path;

@@ -10,9 +10,11 @@
 //! async client runs on a small runtime of its own and each call waits for its answer.
 
 mod client;
+mod lease;
 mod watch;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use weir_proto::etcd::etcdserverpb::{self as pb, compare, request_op};
 
 use super::tables::Tables;
 use super::{ObjectKey, Record, ResultsChanged, StoreError, decode, display_key, encode};
+use crate::registry::{Registered, ServiceKey};
 use client::{Client, prefix_end};
 
 /// `(key, value)` as read.
@@ -36,6 +39,8 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// Per request, per endpoint.
     pub request_timeout: Duration,
+    /// How long this replica's registrations outlive it (its etcd lease's TTL).
+    pub lease_ttl: Duration,
 }
 
 impl EtcdConfig {
@@ -70,6 +75,7 @@ impl EtcdConfig {
             endpoints,
             prefix: "/weir/".into(),
             request_timeout: Duration::from_secs(2),
+            lease_ttl: Duration::from_secs(10),
         })
     }
 }
@@ -80,6 +86,9 @@ pub(super) struct Etcd {
     /// Owned here so the store works from any thread; see the module comment.
     runtime: Option<tokio::runtime::Runtime>,
     changes: tokio::sync::watch::Receiver<u64>,
+    lease: std::sync::Arc<lease::Lease>,
+    /// Tells this replica's registrations apart from the others'.
+    replica: String,
 }
 
 impl Drop for Etcd {
@@ -108,11 +117,17 @@ impl Etcd {
             Client::new(&config.endpoints, config.request_timeout)?
         };
         let (tx, changes) = tokio::sync::watch::channel(0);
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|err| {
+            StoreError::Unavailable(format!("no randomness for a replica id: {err}"))
+        })?;
         let store = Etcd {
             client,
             prefix: config.prefix,
             runtime: Some(runtime),
             changes,
+            lease: Default::default(),
+            replica: hex::encode(id),
         };
         // Fails here, at start, when no member answers: better than a server that looks up but
         // cannot read its policy.
@@ -130,12 +145,20 @@ impl Etcd {
         // have seen ahead of.
         store.client.saw(start.header.as_ref());
         let from = store.client.revision();
+        let ttl = config.lease_ttl;
+        let id = store.block(move |c, _| async move { lease::grant(&c, ttl).await })?;
+        lease::install(&store.lease, id);
         if let Some(runtime) = &store.runtime {
             runtime.spawn(watch::run(
                 store.client.clone(),
                 store.prefix.clone(),
                 from,
                 tx,
+            ));
+            runtime.spawn(lease::keep_alive(
+                store.client.clone(),
+                store.lease.clone(),
+                ttl,
             ));
         }
         Ok(store)
@@ -270,6 +293,77 @@ impl Etcd {
             .iter()
             .map(|kv| decode(&display, text(&display, &kv.value)?))
             .collect()
+    }
+
+    fn registration_key(&self, (ns, service): &ServiceKey, stream: u64) -> Vec<u8> {
+        let stream = stream.to_string();
+        self.key(&["registrations", ns, service, &self.replica, &stream])
+    }
+
+    pub(super) fn register(
+        &self,
+        service: &ServiceKey,
+        stream: u64,
+        address: SocketAddr,
+        identity: &str,
+    ) -> Result<u64, StoreError> {
+        let key = self.registration_key(service, stream);
+        let value = serde_json::to_vec(&SharedRegistration {
+            address,
+            identity: identity.to_string(),
+        })
+        .map_err(|err| StoreError::Corrupt {
+            key: String::from_utf8_lossy(&key).into_owned(),
+            reason: err.to_string(),
+        })?;
+        self.lease.hold(key.clone(), value.clone());
+        let lease = self.lease.id();
+        let written = self.block(move |c, _| async move { c.put(key, value, lease).await });
+        if written.is_err() {
+            self.lease.mark_dirty();
+        }
+        written
+    }
+
+    pub(super) fn unregister(&self, service: &ServiceKey, stream: u64) -> Result<u64, StoreError> {
+        let key = self.registration_key(service, stream);
+        self.lease.release(&key);
+        let delete = pb::TxnRequest {
+            compare: Vec::new(),
+            success: vec![delete_op(key)],
+            failure: Vec::new(),
+        };
+        let response = self.txn(delete)?;
+        Ok(response
+            .header
+            .and_then(|h| u64::try_from(h.revision).ok())
+            .unwrap_or_else(|| self.version()))
+    }
+
+    pub(super) fn registrations(&self) -> Result<Vec<(ServiceKey, Registered)>, StoreError> {
+        let prefix = self.key(&["registrations", ""]);
+        let base = prefix.len();
+        let response = self.read(prefix, true)?;
+        let mut out = Vec::with_capacity(response.kvs.len());
+        for kv in response.kvs {
+            let rest = String::from_utf8_lossy(&kv.key[base..]).into_owned();
+            let mut parts = rest.split('/');
+            let (Some(ns), Some(service)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(reg) = serde_json::from_slice::<SharedRegistration>(&kv.value) else {
+                tracing::warn!(key = rest, "skipping a registration that does not parse");
+                continue;
+            };
+            out.push((
+                (ns.to_string(), service.to_string()),
+                Registered {
+                    address: reg.address,
+                    identity: reg.identity,
+                },
+            ));
+        }
+        Ok(out)
     }
 
     pub(super) fn insert_secret(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
@@ -432,14 +526,7 @@ impl EtcdTables<'_> {
             .into_iter()
             .map(|(key, value)| match value {
                 Some(value) => put_op(&key, &value),
-                None => pb::RequestOp {
-                    request: Some(request_op::Request::RequestDeleteRange(
-                        pb::DeleteRangeRequest {
-                            key,
-                            ..Default::default()
-                        },
-                    )),
-                },
+                None => delete_op(key),
             })
             .collect();
         pb::TxnRequest {
@@ -506,6 +593,13 @@ impl Tables for EtcdTables<'_> {
     }
 }
 
+/// A registration as other replicas read it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SharedRegistration {
+    address: SocketAddr,
+    identity: String,
+}
+
 /// Zero-padded so history keys sort by revision.
 fn revision_key(revision: u64) -> String {
     format!("{revision:020}")
@@ -563,6 +657,17 @@ fn put_op(key: &[u8], value: &[u8]) -> pb::RequestOp {
             value: value.to_vec(),
             ..Default::default()
         })),
+    }
+}
+
+fn delete_op(key: Vec<u8>) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(
+            pb::DeleteRangeRequest {
+                key,
+                ..Default::default()
+            },
+        )),
     }
 }
 

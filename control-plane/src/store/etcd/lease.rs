@@ -1,0 +1,166 @@
+//! This replica's etcd lease: the registrations of the proxies connected to it live under it,
+//! so when the replica dies (no keep-alive within the TTL) etcd drops them and every other
+//! replica's watch sees the endpoints go. A lease lost while etcd was unreachable is replaced
+//! and the registrations are written again under the new one.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use weir_proto::etcd::etcdserverpb as pb;
+use weir_proto::etcd::etcdserverpb::lease_client::LeaseClient;
+
+use super::client::Client;
+use crate::store::StoreError;
+
+/// The lease and what lives under it.
+#[derive(Default)]
+pub(super) struct Lease {
+    id: AtomicI64,
+    /// Key → value of every registration this replica holds, to rewrite under a new lease.
+    own: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    /// A write of a held registration failed (etcd was away): rewrite them all once it answers.
+    dirty: std::sync::atomic::AtomicBool,
+}
+
+impl Lease {
+    pub(super) fn id(&self) -> i64 {
+        self.id.load(Ordering::Acquire)
+    }
+
+    pub(super) fn hold(&self, key: Vec<u8>, value: Vec<u8>) {
+        self.own
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, value);
+    }
+
+    pub(super) fn release(&self, key: &[u8]) {
+        self.own
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    pub(super) fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    fn held(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        own.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+pub(super) async fn grant(client: &Client, ttl: Duration) -> Result<i64, StoreError> {
+    let request = pb::LeaseGrantRequest {
+        ttl: i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX),
+        id: 0,
+    };
+    let mut failures = Vec::new();
+    for (at, url, channel) in client.order() {
+        match LeaseClient::new(channel).lease_grant(request).await {
+            Ok(response) if response.get_ref().error.is_empty() => {
+                client.prefer(at);
+                return Ok(response.into_inner().id);
+            }
+            Ok(response) => failures.push(format!("{url}: {}", response.get_ref().error)),
+            Err(status) => failures.push(format!("{url}: {}", status.message())),
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "etcd store ({}): cannot grant this replica's lease ({})",
+        client.urls(),
+        failures.join("; ")
+    )))
+}
+
+/// Keeps the lease alive every third of its TTL until the store is dropped (the runtime that
+/// runs this goes with it).
+pub(super) async fn keep_alive(client: Client, lease: Arc<Lease>, ttl: Duration) {
+    let every = (ttl / 3).max(Duration::from_millis(500));
+    loop {
+        for (at, url, channel) in client.order() {
+            let id = lease.id();
+            let requests = futures_util::stream::unfold((), move |()| async move {
+                tokio::time::sleep(every).await;
+                Some((pb::LeaseKeepAliveRequest { id }, ()))
+            });
+            let first = futures_util::stream::once(async move { pb::LeaseKeepAliveRequest { id } });
+            let stream = LeaseClient::new(channel)
+                .lease_keep_alive(first.chain(requests))
+                .await;
+            let mut stream = match stream {
+                Ok(stream) => stream.into_inner(),
+                Err(status) => {
+                    tracing::warn!(
+                        etcd = url,
+                        reason = status.message(),
+                        "lease keep-alive failed"
+                    );
+                    continue;
+                }
+            };
+            loop {
+                let answer = tokio::time::timeout(every * 2, stream.next()).await;
+                match answer {
+                    Ok(Some(Ok(response))) if response.ttl > 0 => {
+                        client.prefer(at);
+                        if lease.dirty.swap(false, Ordering::AcqRel) {
+                            rewrite(&client, &lease).await;
+                        }
+                    }
+                    Ok(Some(Ok(_))) => {
+                        tracing::warn!("this replica's etcd lease expired; registering again");
+                        renew(&client, &lease, ttl).await;
+                        break;
+                    }
+                    Ok(Some(Err(status))) => {
+                        tracing::warn!(
+                            etcd = url,
+                            reason = status.message(),
+                            "lease keep-alive ended"
+                        );
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        tracing::warn!(etcd = url, "lease keep-alive unanswered");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A new lease, and every held registration written again under it.
+async fn renew(client: &Client, lease: &Lease, ttl: Duration) {
+    let id = match grant(client, ttl).await {
+        Ok(id) => id,
+        Err(err) => {
+            tracing::warn!(%err, "cannot renew the lease yet");
+            return;
+        }
+    };
+    lease.id.store(id, Ordering::Release);
+    rewrite(client, lease).await;
+}
+
+async fn rewrite(client: &Client, lease: &Lease) {
+    let id = lease.id();
+    for (key, value) in lease.held() {
+        if let Err(err) = client.put(key, value, id).await {
+            tracing::warn!(%err, "cannot write a registration under this replica's lease");
+            lease.mark_dirty();
+            return;
+        }
+    }
+}
+
+pub(super) fn install(lease: &Lease, id: i64) {
+    lease.id.store(id, Ordering::Release);
+}
