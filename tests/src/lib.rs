@@ -10,6 +10,7 @@ pub mod bins;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod etcd;
 pub mod kube;
 pub mod load;
 pub mod loadgen;

@@ -51,8 +51,9 @@ async fn replicas_share_documents_registrations_and_the_ca() {
     let a = TestServer::start_on_with(dir_a.path(), &store, grace).await;
     let b = TestServer::start_on_with(dir_b.path(), &store, grace).await;
 
-    let bundle =
-        |dir: &Path| std::fs::read_to_string(dir.join(crate::server::TRUST_BUNDLE_FILE)).expect("bundle");
+    let bundle = |dir: &Path| {
+        std::fs::read_to_string(dir.join(crate::server::TRUST_BUNDLE_FILE)).expect("bundle")
+    };
     assert_eq!(bundle(dir_a.path()), bundle(dir_b.path()), "one mesh CA");
     assert_eq!(a.token, b.token, "one admin token");
 

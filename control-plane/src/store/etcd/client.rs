@@ -11,6 +11,11 @@ use weir_proto::etcd::etcdserverpb::kv_client::KvClient;
 
 use crate::store::StoreError;
 
+/// How many request timeouts one call may spend going round the members.
+const ROUNDS: u32 = 3;
+/// Between two rounds: about one election on a healthy cluster.
+const ROUND_PAUSE: Duration = Duration::from_millis(200);
+
 /// One connection per etcd member, made lazily and remade after failures by tonic.
 #[derive(Clone)]
 pub(crate) struct Client {
@@ -78,23 +83,30 @@ impl Client {
         F: Fn(KvClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        // A leader election (a member died) makes every member refuse for a moment: go round
+        // the members again until the budget is spent rather than fail the first round.
+        let budget = tokio::time::Instant::now() + self.timeout * ROUNDS;
         let mut failures = Vec::new();
-        for (at, url, channel) in self.order() {
-            match tokio::time::timeout(self.timeout, call(KvClient::new(channel))).await {
-                Ok(Ok(response)) => {
-                    self.prefer(at);
-                    return Ok(response.into_inner());
+        while failures.is_empty() || tokio::time::Instant::now() < budget {
+            failures.clear();
+            for (at, url, channel) in self.order() {
+                match tokio::time::timeout(self.timeout, call(KvClient::new(channel))).await {
+                    Ok(Ok(response)) => {
+                        self.prefer(at);
+                        return Ok(response.into_inner());
+                    }
+                    Ok(Err(status)) if !member_unavailable(&status) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "etcd store ({}): {what} refused by {url}: {}",
+                            self.urls(),
+                            status.message()
+                        )));
+                    }
+                    Ok(Err(status)) => failures.push(format!("{url}: {}", describe(&status))),
+                    Err(_) => failures.push(format!("{url}: no answer within {:?}", self.timeout)),
                 }
-                Ok(Err(status)) if !member_unavailable(&status) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "etcd store ({}): {what} refused by {url}: {}",
-                        self.urls(),
-                        status.message()
-                    )));
-                }
-                Ok(Err(status)) => failures.push(format!("{url}: {}", describe(&status))),
-                Err(_) => failures.push(format!("{url}: no answer within {:?}", self.timeout)),
             }
+            tokio::time::sleep(ROUND_PAUSE).await;
         }
         Err(StoreError::Unavailable(format!(
             "etcd store ({}) is unavailable: {what} failed on every endpoint ({}); \
