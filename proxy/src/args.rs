@@ -127,8 +127,8 @@ pub struct RunArgs {
     pub config: Vec<PathBuf>,
 
     /// Control plane to take config from (e.g. https://weir-control.weir-system.svc:8090), over
-    /// TLS verified with --trust-bundle. Without it the proxy runs standalone on its --config
-    /// files.
+    /// TLS verified with --trust-bundle; several replicas comma-separated, tried from a random
+    /// one and failed over in turn. Without it the proxy runs standalone on its --config files.
     #[arg(long, env = "WEIR_CONTROL_PLANE")]
     pub control_plane: Option<String>,
 

@@ -20,6 +20,8 @@ use crate::tls::dial::ControlDialer;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Before dialling the next replica after one failed.
+const FAILOVER_JITTER: Duration = Duration::from_millis(100);
 const CACHE_FILE: &str = "snapshot.json";
 
 pub struct ControlClient {
@@ -84,22 +86,41 @@ impl ControlClient {
     pub async fn run(self) {
         let mut backoff = BACKOFF_MIN;
         let mut rng = Jitter::seeded();
+        // Replicas tried since the last session that connected.
+        let mut tried = 0;
         loop {
-            match self.session(&mut backoff).await {
-                Ok(()) => tracing::info!("control-plane stream closed; reconnecting"),
+            let url = self.dialer.url().to_owned();
+            let mut connected = false;
+            match self.session(&mut backoff, &mut connected).await {
+                Ok(()) => tracing::info!(%url, "control-plane stream closed; reconnecting"),
                 Err(e) => {
-                    tracing::warn!(url = %self.dialer.url(), error = %e, "control plane unavailable; serving the last good config")
+                    tracing::warn!(%url, error = %e, "control plane unavailable; serving the last good config")
                 }
             }
-            // Full jitter: a fleet of proxies that lost the same control plane does not
-            // come back in lockstep.
-            let wait = rng.below(backoff);
+            if connected {
+                tried = 0;
+            }
+            self.dialer.next();
+            tried += 1;
+            // Another replica is tried at once; only a whole round of failures backs off.
+            // Full jitter: a fleet of proxies that lost the same control plane does not come
+            // back in lockstep.
+            let wait = if tried % self.dialer.count() != 0 {
+                rng.below(FAILOVER_JITTER)
+            } else {
+                let wait = rng.below(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                wait
+            };
             tokio::time::sleep(wait).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
-    async fn session(&self, backoff: &mut Duration) -> Result<(), SessionError> {
+    async fn session(
+        &self,
+        backoff: &mut Duration,
+        connected: &mut bool,
+    ) -> Result<(), SessionError> {
         let endpoint = self
             .dialer
             .endpoint()?
@@ -122,6 +143,7 @@ impl ControlClient {
             .map_err(SessionError::Refused)?
             .into_inner();
         *backoff = BACKOFF_MIN;
+        *connected = true;
         tracing::info!(url = %self.dialer.url(), "connected to the control plane");
         loop {
             let snapshot = match snapshots.message().await {

@@ -97,6 +97,20 @@ impl ProxyBuilder {
             .arg(bundle.to_str().expect("utf-8 path"))
     }
 
+    /// Like [`ProxyBuilder::control_plane`] with several replicas of one mesh (they share its trust
+    /// bundle): `--control-plane URL_A,URL_B,…`.
+    pub fn control_planes(self, cps: &[&crate::control::ControlPlane]) -> Self {
+        let urls: Vec<String> = cps.iter().map(|cp| cp.url()).collect();
+        let bundle = cps
+            .first()
+            .expect("at least one control plane")
+            .trust_bundle();
+        self.arg("--control-plane")
+            .arg(&urls.join(","))
+            .arg("--trust-bundle")
+            .arg(bundle.to_str().expect("utf-8 path"))
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
         self

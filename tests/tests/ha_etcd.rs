@@ -2,10 +2,8 @@
 //! proxies and real weirctl: a policy applied through one replica reaches proxies connected to
 //! the other; a replica and an etcd member die under load without a failed request; without a
 //! quorum writes are refused with an error naming the store while traffic goes on; and after a
-//! restart of everything every document, token and the CA are unchanged.
-//!
-//! Not yet here: proxies connected to the replica that dies (they need several control-plane
-//! addresses to fail over, which is the next step of this work).
+//! restart of everything every document, token and the CA are unchanged. Proxies given both
+//! replicas fail over when theirs dies, and their endpoints stay through its lease expiry.
 
 use std::time::Duration;
 
@@ -195,6 +193,104 @@ async fn two_replicas_on_etcd_share_the_mesh_and_survive_crashes() {
             tokens_before
         );
         assert!(!token.trim().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_fail_over_to_another_replica_without_a_failed_request() {
+    within(TEST_TIMEOUT, "proxy failover", async {
+        let dir = TestDir::new("ha-failover").expect("dir");
+        let etcd = EtcdCluster::start(dir.path(), 3).await;
+        let store = etcd.store_spec();
+        let args = ["--store", store.as_str(), "--lease-grace", "3s"];
+        let mut a = ControlPlane::start_with(&dir.join("a"), dir.path(), &args).await;
+        let b = ControlPlane::start_with(&dir.join("b"), dir.path(), &args).await;
+        a.apply(
+            &dir.join("split.yaml"),
+            &config::documents(&[config::MESH_PERMISSIVE, &split(100, 0)]),
+        );
+        let v1 = apps::http::start("v1").await;
+        let v2 = apps::http::start("v2").await;
+        // Each proxy starts at a random replica of the two.
+        let meshed = |name: &str, svc: &str| {
+            Proxy::builder(name, dir.path())
+                .service(svc)
+                .namespace("shop")
+                .control_planes(&[&a, &b])
+        };
+        let _p1 = meshed("payments", "payments")
+            .app_addr(v1.addr)
+            .start()
+            .await;
+        let _p2 = meshed("payments-v2", "payments-v2")
+            .app_addr(v2.addr)
+            .start()
+            .await;
+        let client = meshed("orders", "orders").start().await;
+        wait_until(
+            "the client sees both services",
+            Duration::from_secs(20),
+            || async {
+                let cfg = client.admin_get("/config").await.json().unwrap_or_default();
+                let services = cfg["services"].as_array().cloned().unwrap_or_default();
+                ["payments", "payments-v2"].iter().all(|name| {
+                    services.iter().any(|s| {
+                        s["name"] == *name
+                            && s["endpoints"].as_array().is_some_and(|e| !e.is_empty())
+                    })
+                })
+            },
+        )
+        .await;
+
+        let on_a = a.weirctl_ok(&["status"]);
+        let moved = ["payments", "payments-v2", "orders"]
+            .iter()
+            .filter(|p| {
+                on_a.lines()
+                    .any(|l| l.split_whitespace().any(|w| w.contains(*p)))
+            })
+            .count();
+        let load = Load::start(client.outbound(), "payments", Duration::from_secs(60));
+        load.wait_for(100).await;
+        a.kill().await;
+        let killed = std::time::Instant::now();
+        // Past A's lease (3 s): the registrations A held are gone; the proxies that were on A
+        // registered again at B, so no endpoint disappears.
+        wait_until("A's lease has lapsed", Duration::from_secs(20), || async {
+            killed.elapsed() > Duration::from_secs(5)
+        })
+        .await;
+        load.wait_for(load.count() + 100).await;
+        b.apply(&dir.join("flip.yaml"), &split(0, 100));
+        wait_until(
+            "the flip through B reaches the client",
+            Duration::from_secs(10),
+            || async { call(client.outbound(), "payments").await.1 == "v2" },
+        )
+        .await;
+        load.wait_for(load.count() + 100).await;
+        let samples = load.finish().await;
+        let failed = failures(&samples);
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed: {:?}",
+            failed.len(),
+            samples.len(),
+            &failed[..failed.len().min(5)]
+        );
+        let status = b.weirctl_ok(&["status"]);
+        for proxy in ["payments", "payments-v2", "orders"] {
+            assert!(
+                status.contains(proxy),
+                "{proxy} connected to B after A died:\n{status}"
+            );
+        }
+        eprintln!(
+            "{} requests while replica A ({moved} of 3 proxies connected to it) was killed: 0 failed; every proxy is at B",
+            samples.len()
+        );
     })
     .await;
 }

@@ -169,7 +169,14 @@ impl Certifier {
             .endpoint()?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10));
-        let channel = self.dialer.connect(endpoint).await?;
+        let channel = match self.dialer.connect(endpoint).await {
+            Ok(channel) => channel,
+            Err(err) => {
+                // The next attempt goes to another replica, if there is one.
+                self.dialer.next();
+                return Err(err.into());
+            }
+        };
         let rsp = IdentityClient::new(channel)
             .certify(CertifyRequest {
                 token: token.trim().to_owned(),
