@@ -1,0 +1,36 @@
+//! The config snapshot: policy documents compiled into immutable lookup tables, swapped in whole
+//! with `arc-swap`. A request loads the snapshot once and keeps that `Arc` to the end, so a swap
+//! never changes the rules under a request in flight.
+mod compile;
+mod lookup;
+mod snapshot;
+mod store;
+mod view;
+
+pub use snapshot::{Backend, Endpoint, LocalIdentity, MeshDst, Service, Snapshot};
+pub use store::{ConfigStore, Pushed};
+
+/// A store and documents shared by the tests of the submodules.
+#[cfg(test)]
+mod fixtures {
+    use std::sync::Arc;
+
+    use super::{ConfigStore, LocalIdentity};
+    use crate::metrics::Metrics;
+
+    pub fn store() -> ConfigStore {
+        let local = LocalIdentity {
+            service: "orders".into(),
+            namespace: "shop".into(),
+            service_account: "orders".into(),
+        };
+        ConfigStore::new(
+            local,
+            Arc::new(Metrics::default()),
+            Vec::new(),
+            Default::default(),
+        )
+    }
+
+    pub const DOCS: &str = "apiVersion: weir/v1\nkind: Endpoints\nmetadata: { name: payments, namespace: shop }\nspec: { addresses: [\"10.0.3.7:4143\", \"10.0.3.8:4143\"] }\n---\napiVersion: weir/v1\nkind: Endpoints\nmetadata: { name: users, namespace: auth }\nspec: { addresses: [\"10.0.4.1:4143\"] }\n";
+}
