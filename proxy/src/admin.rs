@@ -83,7 +83,7 @@ impl Admin {
             }
             (&Method::GET, "/metrics") => {
                 let mut body = self.metrics.render();
-                crate::resilience::report::render(&self.config.load(), &mut body);
+                crate::config::report::render(&self.config.load(), &mut body);
                 let mut rsp = text(StatusCode::OK, body);
                 rsp.headers_mut().insert(
                     header::CONTENT_TYPE,

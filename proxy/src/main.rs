@@ -7,6 +7,7 @@ mod config;
 mod control;
 mod detect;
 mod drain;
+mod endpoint;
 mod errors;
 mod headers;
 mod inbound;

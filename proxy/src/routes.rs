@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use http::{HeaderName, HeaderValue, Method, Request};
 
-use crate::config::Backend;
+use crate::endpoint::Backend;
 
 #[derive(Debug)]
 pub struct Route {
@@ -143,7 +143,7 @@ fn stride(total: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Backend;
+    use crate::endpoint::Backend;
 
     fn route(yaml_routes: &str) -> Vec<Route> {
         let doc = format!(

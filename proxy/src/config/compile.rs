@@ -8,10 +8,10 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use weir_policy::{Document, MtlsMode};
 
-use super::{Backend, ConfigStore, Endpoint, Service, Snapshot};
+use super::{ConfigStore, Service, Snapshot};
 use crate::client::h2::{H2Slot, PeerTls};
+use crate::endpoint::{Backend, Breaker, Endpoint};
 use crate::metrics::Direction;
-use crate::resilience::balance::Breaker;
 use crate::routes::Route;
 
 /// A service's virtual IPs and their `(port, targetPort)`s, while compiling.
@@ -103,11 +103,7 @@ impl ConfigStore {
                     ep
                 })
                 .collect();
-            let backend = Backend {
-                endpoints,
-                identity,
-                ..Backend::empty(&name)
-            };
+            let backend = Backend::new(&name, endpoints, identity);
             backends.insert((name, namespace), Arc::new(backend));
         }
         drop(pool);

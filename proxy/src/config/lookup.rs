@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use http::Request;
 
-use super::{Backend, MeshDst, Service, Snapshot};
+use super::{MeshDst, Service, Snapshot};
+use crate::endpoint::Backend;
 use crate::routes::Route;
 
 impl Service {

@@ -3,11 +3,12 @@
 //! never changes the rules under a request in flight.
 mod compile;
 mod lookup;
+pub mod report;
 mod snapshot;
 mod store;
 mod view;
 
-pub use snapshot::{Backend, Endpoint, LocalIdentity, MeshDst, Service, Snapshot};
+pub use snapshot::{LocalIdentity, MeshDst, Service, Snapshot};
 pub use store::{ConfigStore, Pushed};
 
 /// A store and documents shared by the tests of the submodules.

@@ -3,11 +3,10 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use weir_policy::{Document, MtlsMode};
 
-use crate::client::h2::H2Slot;
+use crate::endpoint::Backend;
 use crate::metrics::TrafficMetrics;
 use crate::resilience::policy::CallPolicy;
 use crate::routes::Route;
@@ -27,47 +26,6 @@ impl LocalIdentity {
             "spiffe://{trust_domain}/ns/{}/sa/{}",
             self.namespace, self.service_account
         )
-    }
-}
-
-/// One address of a mesh service: another proxy's inbound listener.
-#[derive(Debug)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    pub h2: Arc<H2Slot>,
-    /// Peak-EWMA latency and requests in flight, for load balancing.
-    pub lb: weir_resilience::PeakEwma,
-    /// Circuit breaker, when the service's policy has one.
-    pub breaker: arc_swap::ArcSwapOption<crate::resilience::balance::Breaker>,
-}
-
-/// The endpoints of one service: what a route's backend points at.
-#[derive(Debug)]
-pub struct Backend {
-    pub name: String,
-    pub endpoints: Vec<Arc<Endpoint>>,
-    /// Expected SPIFFE identity of the endpoints, checked once mTLS lands.
-    pub identity: Option<String>,
-    pub(super) next: AtomicUsize,
-}
-
-impl Backend {
-    pub fn empty(name: &str) -> Self {
-        Backend {
-            name: name.to_owned(),
-            endpoints: Vec::new(),
-            identity: None,
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    /// Round robin; the resilience work replaces this with P2C over peak EWMA.
-    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
-        match self.endpoints.len() {
-            0 => None,
-            1 => self.endpoints.first(),
-            n => self.endpoints.get(self.next.fetch_add(1, Relaxed) % n),
-        }
     }
 }
 

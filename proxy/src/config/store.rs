@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, Weak};
 use arc_swap::ArcSwap;
 use weir_policy::{Document, MtlsMode};
 
-use super::{Endpoint, LocalIdentity, Snapshot};
+use super::{LocalIdentity, Snapshot};
+use crate::endpoint::Endpoint;
 use crate::metrics::Metrics;
 use crate::resilience::policy::PolicyCache;
 use crate::tls::CredStore;

@@ -13,7 +13,7 @@ struct ServiceView<'a> {
     identity: Option<&'a str>,
     routes: Vec<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    breakers: Vec<crate::resilience::report::BreakerState>,
+    breakers: Vec<super::report::BreakerState>,
 }
 
 #[derive(Serialize)]
@@ -53,7 +53,7 @@ impl Snapshot {
                     endpoints: s.own.endpoints.iter().map(|e| e.addr.to_string()).collect(),
                     identity: s.own.identity.as_deref(),
                     routes: s.routes.iter().map(|r| r.name.as_str()).collect(),
-                    breakers: crate::resilience::report::breakers(s, tokio::time::Instant::now()),
+                    breakers: super::report::breakers(s, tokio::time::Instant::now()),
                 })
                 .collect(),
             documents: &self.documents,

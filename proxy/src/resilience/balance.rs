@@ -3,24 +3,10 @@
 use std::sync::Arc;
 
 use tokio::time::Instant;
-use weir_resilience::{Admit, EjectionGate, EndpointBreaker, State};
+use weir_resilience::{Admit, State};
 
-use crate::config::Endpoint;
+use crate::endpoint::Endpoint;
 use crate::errors::ProxyError;
-
-/// An endpoint's circuit breaker and the settings it was made with (kept across snapshots
-/// while they do not change, so an ejection survives a config push).
-pub struct Breaker {
-    pub spec: weir_policy::CircuitBreaker,
-    pub gate: Arc<EjectionGate>,
-    pub inner: EndpointBreaker,
-}
-
-impl std::fmt::Debug for Breaker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Breaker").finish_non_exhaustive()
-    }
-}
 
 /// The latency a failed try is recorded with, whatever it took: a refused connection fails in
 /// microseconds and must not make its endpoint look fast (Finagle's failure penalty).

@@ -34,5 +34,4 @@ pub mod deadline;
 pub mod fault;
 pub mod policy;
 pub mod rand;
-pub mod report;
 pub mod retry;

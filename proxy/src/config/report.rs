@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::Snapshot;
+use super::{Service, Snapshot};
 
 /// One endpoint's breaker as `/config` shows it.
 #[derive(Serialize)]
@@ -17,7 +17,7 @@ pub struct BreakerState {
 }
 
 /// Every endpoint of `svc`'s own backend that has a breaker.
-pub fn breakers(svc: &crate::config::Service, now: Instant) -> Vec<BreakerState> {
+pub fn breakers(svc: &Service, now: Instant) -> Vec<BreakerState> {
     svc.own
         .endpoints
         .iter()
