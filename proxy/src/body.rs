@@ -1,13 +1,14 @@
 //! The one body type the proxy sends and answers with. An enum instead of a boxed trait object,
 //! so forwarding a request or a response costs no allocation.
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 
-use crate::client::app::AppBody;
 use crate::trace::TracedBody;
 
 #[derive(Debug)]
@@ -100,6 +101,68 @@ impl Body for ProxyBody {
                 }
                 hint
             }
+        }
+    }
+}
+
+/// Where an app connection goes back when the response it carried has ended: the app pool
+/// (`client::app`), seen through this trait so the body type does not depend on the pool.
+pub trait PutBack: Send + Sync + std::fmt::Debug {
+    fn put_back(&self, send: SendRequest<ProxyBody>);
+}
+
+/// A response body from the app that returns its connection to the pool when it ends.
+#[derive(Debug)]
+pub struct AppBody {
+    body: Incoming,
+    conn: Option<(SendRequest<ProxyBody>, Arc<dyn PutBack>)>,
+}
+
+impl AppBody {
+    pub fn new(body: Incoming, send: SendRequest<ProxyBody>, pool: Arc<dyn PutBack>) -> Self {
+        AppBody {
+            body,
+            conn: Some((send, pool)),
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some((send, pool)) = self.conn.take() {
+            pool.put_back(send);
+        }
+    }
+}
+
+impl Body for AppBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.release();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for AppBody {
+    fn drop(&mut self) {
+        // Never polled to its end but nothing left to read (a server that stops at the
+        // declared length): the connection is still good.
+        if self.body.is_end_stream() {
+            self.release();
         }
     }
 }

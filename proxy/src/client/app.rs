@@ -7,20 +7,17 @@
 //! empty); a body dropped half-read takes its connection with it, since hyper cannot reuse an
 //! HTTP/1 connection with unread bytes in flight.
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::POOL_IDLE;
-use crate::body::ProxyBody;
+use crate::body::{AppBody, ProxyBody, PutBack};
 
 /// Idle connections kept beyond this are closed: a burst's connections need not all stay.
 const MAX_IDLE: usize = 256;
@@ -97,25 +94,6 @@ impl AppPool {
         None
     }
 
-    fn put_back(&self, send: SendRequest<ProxyBody>) {
-        if send.is_closed() {
-            return;
-        }
-        let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // The bottom is the longest idle: age it out here, so a quiet pool does not keep
-        // connections the app is closing (dropping the sender ends the connection).
-        if idle
-            .first()
-            .is_some_and(|c| now.duration_since(c.since) >= POOL_IDLE)
-        {
-            idle.retain(|c| now.duration_since(c.since) < POOL_IDLE);
-        }
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle { send, since: now });
-        }
-    }
-
     async fn connect(&self) -> Result<SendRequest<ProxyBody>, AppError> {
         let addr = self.addr;
         let fail =
@@ -142,20 +120,8 @@ impl AppPool {
             self.put_back(send);
             return rsp.map(ProxyBody::Incoming);
         }
-        rsp.map(|body| {
-            ProxyBody::App(AppBody {
-                body,
-                conn: Some((send, self.clone())),
-            })
-        })
+        rsp.map(|body| ProxyBody::App(AppBody::new(body, send, self.clone())))
     }
-}
-
-/// A response body from the app that returns its connection to the pool when it ends.
-#[derive(Debug)]
-pub struct AppBody {
-    body: Incoming,
-    conn: Option<(SendRequest<ProxyBody>, Arc<AppPool>)>,
 }
 
 impl std::fmt::Debug for AppPool {
@@ -164,44 +130,23 @@ impl std::fmt::Debug for AppPool {
     }
 }
 
-impl AppBody {
-    fn release(&mut self) {
-        if let Some((send, pool)) = self.conn.take() {
-            pool.put_back(send);
+impl PutBack for AppPool {
+    fn put_back(&self, send: SendRequest<ProxyBody>) {
+        if send.is_closed() {
+            return;
         }
-    }
-}
-
-impl Body for AppBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.release();
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // The bottom is the longest idle: age it out here, so a quiet pool does not keep
+        // connections the app is closing (dropping the sender ends the connection).
+        if idle
+            .first()
+            .is_some_and(|c| now.duration_since(c.since) >= POOL_IDLE)
+        {
+            idle.retain(|c| now.duration_since(c.since) < POOL_IDLE);
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for AppBody {
-    fn drop(&mut self) {
-        // Never polled to its end but nothing left to read (a server that stops at the
-        // declared length): the connection is still good.
-        if self.body.is_end_stream() {
-            self.release();
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle { send, since: now });
         }
     }
 }
@@ -210,6 +155,7 @@ impl Drop for AppBody {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use bytes::Bytes;
     use http_body_util::BodyExt;
     use hyper::service::service_fn;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
