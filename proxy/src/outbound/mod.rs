@@ -3,6 +3,7 @@
 mod mesh;
 mod passthrough;
 mod resolve;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -7,7 +7,7 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use super::Outbound;
-use super::mesh::{client_error, set_authority};
+use super::wire::{client_error, set_authority};
 use crate::body::ProxyBody;
 use crate::errors::ProxyError;
 use crate::headers;
