@@ -12,6 +12,7 @@
 
 pub mod duration;
 mod error;
+mod meta;
 mod model;
 mod parse;
 mod validate;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 pub use duration::Duration;
 pub use error::{Errors, PolicyError};
+pub use meta::{API_VERSION, DEFAULT_NAMESPACE, Metadata};
 pub use model::*;
 pub use validate::{MAX_RETRY_ATTEMPTS, dns_label, spiffe_id};
 

@@ -11,28 +11,11 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::duration::Duration;
-use crate::wire::Wire;
+use crate::meta::Metadata;
+use crate::wire::{Wire, impl_kind};
 
-pub const API_VERSION: &str = "weir/v1";
-pub const DEFAULT_NAMESPACE: &str = "default";
 /// The kinds this crate understands, in the order error messages list them.
 pub const KINDS: [&str; 3] = ["MeshConfig", "ServicePolicy", "Endpoints"];
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Metadata {
-    pub name: String,
-    /// `default` when omitted; always empty for the cluster-wide MeshConfig.
-    #[serde(
-        default = "default_namespace",
-        skip_serializing_if = "String::is_empty"
-    )]
-    pub namespace: String,
-}
-
-fn default_namespace() -> String {
-    DEFAULT_NAMESPACE.to_string()
-}
 
 // === MeshConfig ===
 
@@ -42,6 +25,23 @@ pub struct MeshConfig {
     pub metadata: Metadata,
     pub spec: MeshConfigSpec,
 }
+
+impl_kind!(
+    MeshConfig,
+    MeshConfigSpec,
+    "MeshConfig",
+    |metadata, spec| {
+        // Cluster-wide: a namespace written by the user is ignored rather than half-honoured.
+        let metadata = Metadata {
+            namespace: String::new(),
+            ..metadata
+        };
+        Ok(MeshConfig {
+            metadata,
+            spec: spec.unwrap_or_default(),
+        })
+    }
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -79,6 +79,16 @@ pub struct ServicePolicy {
     pub metadata: Metadata,
     pub spec: ServicePolicySpec,
 }
+
+impl_kind!(
+    ServicePolicy,
+    ServicePolicySpec,
+    "ServicePolicy",
+    |metadata, spec| {
+        let spec = spec.ok_or("missing field `spec`")?;
+        Ok(ServicePolicy { metadata, spec })
+    }
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -292,6 +302,11 @@ pub struct Endpoints {
     pub metadata: Metadata,
     pub spec: EndpointsSpec,
 }
+
+impl_kind!(Endpoints, EndpointsSpec, "Endpoints", |metadata, spec| {
+    let spec = spec.ok_or("missing field `spec`")?;
+    Ok(Endpoints { metadata, spec })
+});
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

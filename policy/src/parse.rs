@@ -5,7 +5,8 @@ use serde::de::DeserializeOwned;
 use serde_norway::Value;
 
 use crate::error::PolicyError;
-use crate::model::{API_VERSION, DEFAULT_NAMESPACE, Document, KINDS, document_key, unknown_kind};
+use crate::meta::{API_VERSION, DEFAULT_NAMESPACE};
+use crate::model::{Document, KINDS, document_key, unknown_kind};
 use crate::validate;
 
 const TOP_LEVEL: [&str; 4] = ["apiVersion", "kind", "metadata", "spec"];

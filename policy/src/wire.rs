@@ -1,5 +1,6 @@
 //! Serde plumbing: the `apiVersion`/`kind`/`metadata`/`spec` envelope shared by every kind, and
-//! socket addresses written as strings.
+//! socket addresses written as strings. Knows no kind: each one plugs in with [`impl_kind!`]
+//! in `model`, so imports go one way (model → wire → meta).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -7,7 +8,7 @@ use std::net::SocketAddr;
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::model::*;
+use crate::meta::{API_VERSION, Metadata};
 
 /// The on-the-wire envelope shared by all kinds, so the envelope rules live in one place.
 #[derive(Serialize, Deserialize)]
@@ -20,7 +21,8 @@ pub(crate) struct Wire<S> {
     spec: Option<S>,
 }
 
-trait Kind: Sized {
+/// A document kind as the envelope sees it; implemented by [`impl_kind!`] next to each kind.
+pub(crate) trait Kind: Sized {
     const KIND: &'static str;
     type Spec;
     fn from_parts(metadata: Metadata, spec: Option<Self::Spec>) -> Result<Self, String>;
@@ -39,70 +41,54 @@ fn check_envelope(api_version: &str, kind: &str, expected: &str) -> Result<(), S
     Ok(())
 }
 
+impl<S> Wire<S> {
+    pub(crate) fn into_kind<K: Kind<Spec = S>>(self) -> Result<K, String> {
+        check_envelope(&self.api_version, &self.kind, K::KIND)?;
+        K::from_parts(self.metadata, self.spec)
+    }
+
+    pub(crate) fn from_kind<K: Kind<Spec = S>>(doc: K) -> Self {
+        let (metadata, spec) = doc.into_parts();
+        Wire {
+            api_version: API_VERSION.to_string(),
+            kind: K::KIND.to_string(),
+            metadata,
+            spec: Some(spec),
+        }
+    }
+}
+
+/// The serde glue of one kind (`$ty` with spec `$spec`, written `kind: $name`), used through
+/// `#[serde(try_from = "Wire<$spec>", into = "Wire<$spec>")]`. `$build` makes the document
+/// from the envelope's parts: the kind's own rules for a missing spec or a namespace.
 macro_rules! impl_kind {
     ($ty:ident, $spec:ident, $name:literal, |$md:ident, $sp:ident| $build:expr) => {
-        impl Kind for $ty {
+        impl $crate::wire::Kind for $ty {
             const KIND: &'static str = $name;
             type Spec = $spec;
-            fn from_parts($md: Metadata, $sp: Option<$spec>) -> Result<Self, String> {
+            fn from_parts($md: $crate::meta::Metadata, $sp: Option<$spec>) -> Result<Self, String> {
                 $build
             }
-            fn into_parts(self) -> (Metadata, $spec) {
+            fn into_parts(self) -> ($crate::meta::Metadata, $spec) {
                 (self.metadata, self.spec)
             }
         }
 
-        impl TryFrom<Wire<$spec>> for $ty {
+        impl TryFrom<$crate::wire::Wire<$spec>> for $ty {
             type Error = String;
-            fn try_from(w: Wire<$spec>) -> Result<Self, String> {
-                check_envelope(&w.api_version, &w.kind, <$ty as Kind>::KIND)?;
-                <$ty as Kind>::from_parts(w.metadata, w.spec)
+            fn try_from(w: $crate::wire::Wire<$spec>) -> Result<Self, String> {
+                w.into_kind()
             }
         }
 
-        impl From<$ty> for Wire<$spec> {
+        impl From<$ty> for $crate::wire::Wire<$spec> {
             fn from(doc: $ty) -> Self {
-                let (metadata, spec) = doc.into_parts();
-                Wire {
-                    api_version: API_VERSION.to_string(),
-                    kind: <$ty as Kind>::KIND.to_string(),
-                    metadata,
-                    spec: Some(spec),
-                }
+                $crate::wire::Wire::from_kind(doc)
             }
         }
     };
 }
-
-impl_kind!(
-    MeshConfig,
-    MeshConfigSpec,
-    "MeshConfig",
-    |metadata, spec| {
-        // Cluster-wide: a namespace written by the user is ignored rather than half-honoured.
-        let metadata = Metadata {
-            namespace: String::new(),
-            ..metadata
-        };
-        Ok(MeshConfig {
-            metadata,
-            spec: spec.unwrap_or_default(),
-        })
-    }
-);
-impl_kind!(
-    ServicePolicy,
-    ServicePolicySpec,
-    "ServicePolicy",
-    |metadata, spec| {
-        let spec = spec.ok_or("missing field `spec`")?;
-        Ok(ServicePolicy { metadata, spec })
-    }
-);
-impl_kind!(Endpoints, EndpointsSpec, "Endpoints", |metadata, spec| {
-    let spec = spec.ok_or("missing field `spec`")?;
-    Ok(Endpoints { metadata, spec })
-});
+pub(crate) use impl_kind;
 
 /// Addresses are strings (`"10.0.3.7:4143"`) with an error message that says so, instead of the
 /// generic "invalid socket address syntax".
