@@ -20,7 +20,7 @@ use crate::body::ProxyBody;
 /// `weir.error` of a span whose body failed half way: the peer (or app) broke the stream.
 const BODY_FAILED: &str = "reset";
 /// `weir.error` of a span whose body was dropped half way while the client was reading it.
-const CANCELLED: &str = super::CANCELLED;
+const CANCELLED: &str = super::span::CANCELLED;
 
 /// A response body that can hold spans until it ends. `()` (unit tests) never can: its
 /// spans are recorded at once.

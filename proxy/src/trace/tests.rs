@@ -1,9 +1,17 @@
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::SystemTime;
 
-use weir_trace::{ExportConfig, Resource};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request};
+use weir_trace::{ExportConfig, Resource, SpanKind};
 
+use super::client::outcome;
+use super::propagate::{ARENA_BYTES, TRACEPARENT, random};
+use super::span::{MAX_PATH, span_path};
 use super::*;
 use crate::body::ProxyBody;
+use crate::errors::{ProxyError, X_WEIR_ERROR};
 
 const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const UNSAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
