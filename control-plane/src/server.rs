@@ -22,6 +22,9 @@ use crate::store::{EtcdConfig, Store, StoreError};
 use crate::token::{AdminToken, TokenError};
 
 pub const STORE_FILE: &str = "store.redb";
+/// How often `/ready` re-checks a shared store.
+const STORE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Where the admin token lives in a shared (etcd) store.
 const ADMIN_TOKEN_SECRET: &str = "admin-token";
 /// The mesh's trust bundle, written at start and whenever it changes, for local proxies and
@@ -227,6 +230,32 @@ pub async fn serve(
 impl Bound {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Checks a shared store every [`STORE_CHECK_INTERVAL`] into `health` (for `/ready` and
+    /// `/metrics`); the embedded store needs no check.
+    pub fn watch_store(&self, health: Arc<crate::health::StoreHealth>) {
+        if !self.hub.store.shared() {
+            return;
+        }
+        // Weak: the checker must not keep the hub alive through shutdown.
+        let hub = Arc::downgrade(&self.hub);
+        tokio::spawn(async move {
+            loop {
+                let Some(strong) = hub.upgrade() else { return };
+                let check = tokio::task::spawn_blocking(move || strong.store.healthy()).await;
+                let result = match check {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(err)) => Err(err.to_string()),
+                    Err(err) => Err(format!("store check failed: {err}")),
+                };
+                if let Err(err) = &result {
+                    tracing::warn!(%err, "store check failed; /ready answers 503");
+                }
+                health.record(result);
+                tokio::time::sleep(STORE_CHECK_INTERVAL).await;
+            }
+        });
     }
 
     pub fn token(&self) -> &AdminToken {

@@ -10,7 +10,8 @@ use std::time::Duration;
 use weir_tests::control::ControlPlane;
 use weir_tests::etcd::EtcdCluster;
 use weir_tests::load::{Load, call, failures};
-use weir_tests::util::{TestDir, wait_until, within};
+use weir_tests::raw_http;
+use weir_tests::util::{TestDir, free_ports, wait_until, within};
 use weir_tests::{Proxy, apps, config};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);

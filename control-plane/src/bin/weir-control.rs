@@ -177,12 +177,17 @@ fn main() -> anyhow::Result<()> {
             Some(addr) => {
                 let health = weir_control::health::bind(addr).await?;
                 let readiness = health.readiness();
+                let store = health.store_health();
                 tokio::spawn(health.serve());
-                Some(readiness)
+                Some((readiness, store))
             }
             None => None,
         };
         let bound = weir_control::bind(config).await?;
+        if let Some((_, store)) = &readiness {
+            bound.watch_store(store.clone());
+        }
+        let readiness = readiness.map(|(r, _)| r);
         let ready = |ready| readiness.iter().for_each(|r| r.set(ready));
         ready(true);
         bound
