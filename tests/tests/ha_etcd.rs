@@ -34,7 +34,20 @@ async fn two_replicas_on_etcd_share_the_mesh_and_survive_crashes() {
         let store = etcd.store_spec();
         let args = ["--store", store.as_str(), "--lease-grace", "3s"];
         let mut a = ControlPlane::start_with(&dir.join("a"), dir.path(), &args).await;
-        let mut b = ControlPlane::start_with(&dir.join("b"), dir.path(), &args).await;
+        let health: std::net::SocketAddr = ([127, 0, 0, 1], free_ports(1).expect("port")[0]).into();
+        let health_arg = health.to_string();
+        let b_args = [&args[..], &["--admin-addr", health_arg.as_str()]].concat();
+        let mut b = ControlPlane::start_with(&dir.join("b"), dir.path(), &b_args).await;
+        let ready = || async move {
+            raw_http::get(health, "cp", "/ready")
+                .await
+                .map(|r| r.status)
+                .unwrap_or(0)
+        };
+        wait_until("B's /ready", Duration::from_secs(10), || async {
+            ready().await == 200
+        })
+        .await;
         assert_eq!(
             read(a.trust_bundle()),
             read(b.trust_bundle()),
@@ -118,12 +131,30 @@ async fn two_replicas_on_etcd_share_the_mesh_and_survive_crashes() {
             stderr.contains("etcd store"),
             "the error names the store: {stderr}"
         );
+        eprintln!("apply without a quorum: {}", stderr.trim());
+        wait_until(
+            "B's /ready reports the store down",
+            Duration::from_secs(15),
+            || async { ready().await == 503 },
+        )
+        .await;
+        let metrics = raw_http::get(health, "cp", "/metrics")
+            .await
+            .expect("metrics")
+            .text();
+        assert!(metrics.contains("weir_control_store_up 0"), "{metrics}");
         load.wait_for(load.count() + 100).await;
 
         // etcd comes back; the control plane recovers by itself.
         etcd.relaunch(0);
         etcd.relaunch(1);
         etcd.wait_all_healthy().await;
+        wait_until(
+            "B's /ready recovers with etcd",
+            Duration::from_secs(15),
+            || async { ready().await == 200 },
+        )
+        .await;
         wait_until(
             "an apply through B succeeds again",
             Duration::from_secs(30),
