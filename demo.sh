@@ -33,7 +33,7 @@ done
 bin=${WEIR_DEMO_BIN_DIR:-}
 if [ -z "$bin" ]; then
     echo "building (cargo build: weir-proxy, weir-control, weirctl, weir-testapp) ..."
-    cargo build --quiet -p weir-proxy -p weir-control -p weir-tests \
+    cargo build --quiet -p weir-proxy -p weir-control -p weirctl -p weir-tests \
         --bin weir-proxy --bin weir-control --bin weirctl --bin weir-testapp
     bin=$PWD/target/debug
 fi

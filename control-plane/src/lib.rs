@@ -4,9 +4,6 @@
 //! Start a server in-process with [`bind`] (learn the address, e.g. with port 0) and
 //! [`Bound::serve`], or with [`serve`] in one call.
 
-/// The `weirctl` command-line client.
-pub mod ctl;
-
 pub mod admin;
 pub mod ca;
 pub mod derived;

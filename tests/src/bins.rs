@@ -84,8 +84,9 @@ fn build_proxy(profile_dir: &Path) {
         // The same command as the README's (`cargo test --workspace`), so the units
         // it builds have the outer run's features and are already fresh: a narrower
         // `cargo build -p weir-proxy` resolves features differently and recompiles
-        // half the dependency graph. weir-proxy has integration tests, so its binary
-        // is part of this build.
+        // half the dependency graph. weir-proxy, weir-control and weirctl (package
+        // `weirctl`, in ctl/) have integration tests, so their binaries are part of
+        // this build.
         .args(["test", "--workspace", "--no-run", "--quiet"]);
     // Same profile as this test executable, so the binary lands next to it.
     match profile_dir.file_name().and_then(|n| n.to_str()) {

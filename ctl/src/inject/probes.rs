@@ -122,7 +122,7 @@ fn port(container: &Mapping, value: Option<&Value>, field: &str) -> Result<u16, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ctl::inject::yaml;
+    use crate::inject::yaml;
 
     fn spec(text: &str) -> Mapping {
         match yaml::load_all(text).expect("valid").pop() {

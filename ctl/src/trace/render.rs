@@ -10,7 +10,7 @@ use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 use super::critical::critical_path;
 use super::model::{Kind, Trace, Tree};
-use crate::ctl::output;
+use crate::output;
 
 /// The waterfall fits an 80-column terminal, measured in display columns.
 pub const WIDTH: usize = 80;

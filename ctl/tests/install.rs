@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 
 use common::Run;
 use serde::Deserialize;
-use weir_control::ctl::install::MANIFESTS;
+use weirctl::install::MANIFESTS;
 
 /// 1.29: native sidecars (the injected pod spec needs them); 1.33: a current release.
 const KUBERNETES_VERSIONS: &[&str] = &["1.29.0", "1.33.0"];

@@ -1,9 +1,9 @@
 //! `weirctl`: the command-line client of the control plane. Everything but argument parsing
-//! lives in `weir_control::ctl` so it is tested with the library.
+//! lives in the `weirctl` library so it is tested there.
 use std::process::ExitCode;
 
 use clap::Parser;
-use weir_control::ctl::{Cli, run};
+use weirctl::{Cli, run};
 
 fn main() -> ExitCode {
     // Usage errors exit 2 here, from clap, before any runtime is started.

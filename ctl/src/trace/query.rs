@@ -16,7 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use super::jaeger::{self, V1};
 use super::model::Trace;
 use super::select;
-use crate::ctl::output;
+use crate::output;
 
 /// A search for many traces can take Jaeger a while; a stuck one should not hang a terminal.
 const TIMEOUT: Duration = Duration::from_secs(30);

@@ -2,7 +2,7 @@
 //! build time, for `weirctl install | kubectl apply -f -`.
 //!
 //! The base's kustomizations only list files (no transformers), so concatenating the files is
-//! what `kubectl kustomize deploy` renders; `control-plane/tests/install.rs` checks both that
+//! what `kubectl kustomize deploy` renders; `ctl/tests/install.rs` checks both that
 //! every listed file is here and that the objects are the same.
 
 use std::io::Write;
@@ -16,35 +16,35 @@ use super::Outcome;
 pub const MANIFESTS: &[(&str, &str)] = &[
     (
         "namespace/namespace.yaml",
-        include_str!("../../../deploy/namespace/namespace.yaml"),
+        include_str!("../../deploy/namespace/namespace.yaml"),
     ),
     (
         "control-plane/serviceaccount.yaml",
-        include_str!("../../../deploy/control-plane/serviceaccount.yaml"),
+        include_str!("../../deploy/control-plane/serviceaccount.yaml"),
     ),
     (
         "control-plane/rbac.yaml",
-        include_str!("../../../deploy/control-plane/rbac.yaml"),
+        include_str!("../../deploy/control-plane/rbac.yaml"),
     ),
     (
         "control-plane/service.yaml",
-        include_str!("../../../deploy/control-plane/service.yaml"),
+        include_str!("../../deploy/control-plane/service.yaml"),
     ),
     (
         "control-plane/statefulset.yaml",
-        include_str!("../../../deploy/control-plane/statefulset.yaml"),
+        include_str!("../../deploy/control-plane/statefulset.yaml"),
     ),
     (
         "control-plane/poddisruptionbudget.yaml",
-        include_str!("../../../deploy/control-plane/poddisruptionbudget.yaml"),
+        include_str!("../../deploy/control-plane/poddisruptionbudget.yaml"),
     ),
     (
         "jaeger/service.yaml",
-        include_str!("../../../deploy/jaeger/service.yaml"),
+        include_str!("../../deploy/jaeger/service.yaml"),
     ),
     (
         "jaeger/deployment.yaml",
-        include_str!("../../../deploy/jaeger/deployment.yaml"),
+        include_str!("../../deploy/jaeger/deployment.yaml"),
     ),
 ];
 

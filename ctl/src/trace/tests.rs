@@ -12,15 +12,15 @@ use super::model::{Kind, Span, Trace};
 use super::query::{V3Search, v3_search_answer};
 use super::render::{self, View, human};
 use super::{parse_lookback, parse_trace_id, select};
-use crate::ctl::{Cli, Command, TraceFormat};
+use crate::{Cli, Command, TraceFormat};
 
-const CHAIN: &str = include_str!("../../../tests/fixtures/trace_chain_v1.json");
-const FANOUT: &str = include_str!("../../../tests/fixtures/trace_fanout_v1.json");
-const ORPHAN: &str = include_str!("../../../tests/fixtures/trace_orphan_v1.json");
-const CHAIN_V3: &str = include_str!("../../../tests/fixtures/trace_chain_v3.json");
+const CHAIN: &str = include_str!("../../tests/fixtures/trace_chain_v1.json");
+const FANOUT: &str = include_str!("../../tests/fixtures/trace_fanout_v1.json");
+const ORPHAN: &str = include_str!("../../tests/fixtures/trace_orphan_v1.json");
+const CHAIN_V3: &str = include_str!("../../tests/fixtures/trace_chain_v3.json");
 /// A `/api/v3/traces?query.service_name=…` answer in the shape of Jaeger's own (its apiv3
 /// `snapshots/FindTraces.json`): every trace's resourceSpans in one list.
-const SEARCH_V3: &str = include_str!("../../../tests/fixtures/trace_search_v3.json");
+const SEARCH_V3: &str = include_str!("../../tests/fixtures/trace_search_v3.json");
 
 fn v1(body: &str) -> Trace {
     match parse_v1(body.as_bytes()) {
