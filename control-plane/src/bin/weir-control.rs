@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use weir_control::identity::jwt::{self, JwksLocation, KubernetesConfig};
 use weir_control::{CaFiles, ServerConfig};
@@ -45,14 +47,16 @@ enum Command {
         /// CA certificate (PEM) that signs workload certificates: a root or an intermediate from
         /// your PKI, optionally followed by the rest of its chain (e.g. cert-manager's tls.crt).
         /// Without it, a root made on first start and kept in the store is used.
-        #[arg(long, env = "WEIR_CA_CERT", requires = "ca_key")]
+        #[arg(long, env = "WEIR_CA_CERT")]
         ca_cert: Option<PathBuf>,
         /// Private key (unencrypted PKCS#8 PEM) of --ca-cert.
-        #[arg(long, env = "WEIR_CA_KEY", requires = "ca_cert")]
+        #[arg(long, env = "WEIR_CA_KEY")]
         ca_key: Option<PathBuf>,
         /// Roots proxies trust (PEM). Default: the self-signed certificates in --ca-cert, or the
         /// CA certificate itself.
-        #[arg(long, env = "WEIR_TRUST_BUNDLE", requires = "ca_cert")]
+        // Not WEIR_TRUST_BUNDLE: weirctl and weir-proxy read that one (the roots they verify
+        // with), and exporting it for them would make this server demand --ca-cert.
+        #[arg(long, env = "WEIR_CA_TRUST_BUNDLE")]
         trust_bundle: Option<PathBuf>,
         /// Lifetime of workload certificates; proxies renew at ~70% of it.
         #[arg(long, env = "WEIR_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
@@ -73,11 +77,11 @@ enum Command {
         kubernetes: bool,
         /// Issuer (`iss`) of the cluster's service-account tokens. With it, Identity.Certify
         /// accepts a pod's projected token and certifies its service account.
-        #[arg(long, env = "WEIR_KUBERNETES_ISSUER", requires = "kubernetes_jwks")]
+        #[arg(long, env = "WEIR_KUBERNETES_ISSUER")]
         kubernetes_issuer: Option<String>,
         /// The issuer's keys: a JWKS file, or an https URL (the cluster's /openid/v1/jwks)
         /// fetched with this pod's service-account token and CA.
-        #[arg(long, env = "WEIR_KUBERNETES_JWKS", requires = "kubernetes_issuer", value_parser = JwksLocation::parse)]
+        #[arg(long, env = "WEIR_KUBERNETES_JWKS", value_parser = JwksLocation::parse)]
         kubernetes_jwks: Option<JwksLocation>,
         /// Audience a service-account token must carry.
         #[arg(long, env = "WEIR_KUBERNETES_AUDIENCE", default_value = jwt::DEFAULT_AUDIENCE)]
@@ -98,6 +102,76 @@ fn parse_store(text: &str) -> Result<StoreSpec, String> {
         return Ok(StoreSpec(None));
     }
     weir_control::store::EtcdConfig::parse(text).map(|c| StoreSpec(Some(c)))
+}
+
+/// Flags of `serve` that only work together: (flag, the flags it needs). Checked after parsing
+/// rather than with clap's `requires`, so that the error can name the environment variable
+/// that set a flag: an exported WEIR_CA_CERT would otherwise fail a bare `weir-control serve`
+/// with "--ca-key was not provided" and nothing on the command line to explain it.
+const REQUIRES: &[(&str, &[&str])] = &[
+    ("ca_cert", &["ca_key"]),
+    ("ca_key", &["ca_cert"]),
+    ("trust_bundle", &["ca_cert", "ca_key"]),
+    ("kubernetes_issuer", &["kubernetes_jwks"]),
+    ("kubernetes_jwks", &["kubernetes_issuer"]),
+];
+
+/// Parses the command line; usage errors exit 2 with clap's message and usage.
+fn parse() -> Cli {
+    let mut cli = Cli::command();
+    let matches = cli.get_matches_mut();
+    if let Some(("serve", serve_matches)) = matches.subcommand()
+        && let Some(serve) = cli.find_subcommand_mut("serve")
+        && let Some(message) = missing_requirements(serve, serve_matches)
+    {
+        serve
+            .error(ErrorKind::MissingRequiredArgument, message)
+            .exit();
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+}
+
+/// One line per flag of [`REQUIRES`] given without what it needs, e.g. `--trust-bundle (set by
+/// WEIR_CA_TRUST_BUNDLE) requires --ca-cert and --ca-key`; `None` when nothing is missing.
+fn missing_requirements(serve: &clap::Command, matches: &ArgMatches) -> Option<String> {
+    // Defaults never count as given, as with clap's own `requires`.
+    let given = |id: &str| {
+        matches
+            .value_source(id)
+            .filter(|source| *source != ValueSource::DefaultValue)
+    };
+    let arg = |id: &str| serve.get_arguments().find(|arg| arg.get_id() == id);
+    let flag = |id: &str| match arg(id).and_then(clap::Arg::get_long) {
+        Some(long) => format!("--{long}"),
+        None => id.to_string(),
+    };
+    let mut lines = Vec::new();
+    for (id, needs) in REQUIRES {
+        let Some(source) = given(id) else {
+            continue;
+        };
+        let missing: Vec<String> = needs
+            .iter()
+            .filter(|need| given(need).is_none())
+            .map(|need| flag(need))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let env = arg(id)
+            .and_then(clap::Arg::get_env)
+            .filter(|_| source == ValueSource::EnvVariable);
+        let set_by = match env {
+            Some(var) => format!(" (set by {})", var.to_string_lossy()),
+            None => String::new(),
+        };
+        lines.push(format!(
+            "{}{set_by} requires {}",
+            flag(id),
+            missing.join(" and ")
+        ));
+    }
+    (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -121,7 +195,7 @@ fn main() -> anyhow::Result<()> {
         kubernetes_jwks,
         kubernetes_audience,
         store,
-    } = Cli::parse().command;
+    } = parse().command;
     anyhow::ensure!(!cert_ttl.is_zero(), "--cert-ttl must be positive");
     anyhow::ensure!(
         kubernetes_issuer
@@ -145,7 +219,7 @@ fn main() -> anyhow::Result<()> {
         data_dir,
         trust_domain,
         lease_grace,
-        // clap makes --ca-cert and --ca-key come together.
+        // `parse` makes --ca-cert and --ca-key come together.
         ca: ca_cert.zip(ca_key).map(|(cert, key)| CaFiles {
             cert,
             key,
@@ -154,7 +228,7 @@ fn main() -> anyhow::Result<()> {
         cert_ttl,
         server_names,
         kubernetes: None,
-        // clap makes --kubernetes-issuer and --kubernetes-jwks come together.
+        // `parse` makes --kubernetes-issuer and --kubernetes-jwks come together.
         kubernetes_tokens: kubernetes_issuer
             .zip(kubernetes_jwks)
             .map(|(issuer, jwks)| KubernetesConfig {
@@ -212,4 +286,28 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + S
             _ = int.recv() => {}
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requirements_name_flags_of_serve() {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve");
+        for (id, needs) in REQUIRES {
+            for id in std::iter::once(id).chain(needs.iter()) {
+                assert!(
+                    serve.get_arguments().any(|arg| arg.get_id() == *id),
+                    "{id} is not a flag of serve"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn command_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -1,0 +1,134 @@
+//! `weir-control serve` and its environment: WEIR_TRUST_BUNDLE (exported for weirctl and
+//! weir-proxy) leaves it alone, and a flag set by a variable is named in "requires" errors.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Kills the server however the test ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `weir-control serve` on a free port with `data` as its data directory and none of the
+/// caller's WEIR_* variables, so only what a test sets reaches it.
+fn serve(data: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir-control"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("WEIR_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data)
+        .env("WEIR_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs a command that must exit on its own (a usage error), killing it after 30 s so a
+/// server that starts after all fails the test instead of hanging it.
+fn exit_output(cmd: &mut Command) -> Output {
+    let mut child = Server(cmd.spawn().expect("start weir-control"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match child.0.try_wait().expect("wait for weir-control") {
+            Some(_) => break,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            None => panic!("weir-control is still running: it should have refused its flags"),
+        }
+    }
+    let mut stderr = String::new();
+    if let Some(pipe) = child.0.stderr.take() {
+        let _ = BufReader::new(pipe).read_to_string(&mut stderr);
+    }
+    Output {
+        status: child.0.wait().expect("exit status"),
+        stdout: Vec::new(),
+        stderr: stderr.into_bytes(),
+    }
+}
+
+#[test]
+fn starts_with_weirctl_trust_bundle_exported() {
+    let data = tempfile::tempdir().expect("tempdir");
+    // What README's "With the control plane" exports for weirctl, then a restart.
+    let mut child = serve(data.path())
+        .env("WEIR_TRUST_BUNDLE", data.path().join("trust-bundle.pem"))
+        .spawn()
+        .expect("start weir-control");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let _server = Server(child);
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let marker = "weir-control listening on ";
+    let addr: SocketAddr = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("weir-control never logged {marker:?}"));
+        if let Some((_, rest)) = line.split_once(marker) {
+            let addr = rest.split_whitespace().next().unwrap_or_default();
+            break addr
+                .parse()
+                .unwrap_or_else(|_| panic!("no address in {line:?}"));
+        }
+    };
+    TcpStream::connect(addr).expect("weir-control accepts connections");
+}
+
+/// The usage error of `serve` with `vars` set and `args` added; it must exit 2.
+fn refused(data: &Path, vars: &[(&str, &Path)], args: &[&str]) -> String {
+    let mut cmd = serve(data);
+    cmd.args(args);
+    for (key, value) in vars {
+        cmd.env(key, value);
+    }
+    let out = exit_output(&mut cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{vars:?} {args:?}: {stderr}");
+    stderr
+}
+
+#[test]
+fn requires_errors_name_the_environment_variable() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let file = data.path().join("roots.pem");
+    let err = refused(data.path(), &[("WEIR_CA_TRUST_BUNDLE", &file)], &[]);
+    assert!(
+        err.contains(
+            "error: --trust-bundle (set by WEIR_CA_TRUST_BUNDLE) requires --ca-cert and --ca-key"
+        ),
+        "{err}"
+    );
+    let err = refused(data.path(), &[("WEIR_CA_CERT", &file)], &[]);
+    assert!(
+        err.contains("error: --ca-cert (set by WEIR_CA_CERT) requires --ca-key"),
+        "{err}"
+    );
+    // From the command line there is no variable to name.
+    let args = ["--kubernetes-issuer", "https://kubernetes.default.svc"];
+    let err = refused(data.path(), &[], &args);
+    assert!(
+        err.contains("error: --kubernetes-issuer requires --kubernetes-jwks\n"),
+        "{err}"
+    );
+}
