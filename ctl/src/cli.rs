@@ -19,7 +19,8 @@ Exit status: 0 success, 1 error (validation, server, connection), 2 usage error.
     after_help = EXIT_HELP
 )]
 pub struct Cli {
-    /// Control plane admin API (TLS).
+    /// Control plane admin API (TLS); several replicas comma-separated, the first that answers
+    /// is used.
     #[arg(
         long,
         env = "WEIR_SERVER",

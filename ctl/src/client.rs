@@ -71,10 +71,21 @@ impl Target {
     /// Connects with whatever token there is (possibly none).
     pub async fn connect_anonymous(&self) -> anyhow::Result<Client> {
         let interceptor = BearerToken::new(self.token.as_deref())?;
-        let endpoint = weir_proto::dial::endpoint(&self.server)
-            .map_err(|err| anyhow!("--server: {err}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT);
+        // URLs first: a typo is reported as such, not as a missing bundle.
+        let mut endpoints = Vec::new();
+        for url in self
+            .server
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            endpoints.push(
+                weir_proto::dial::endpoint(url)
+                    .map_err(|err| anyhow!("--server: {err}"))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .timeout(REQUEST_TIMEOUT),
+            );
+        }
         let path = self
             .trust_bundle
             .as_deref()
@@ -84,9 +95,31 @@ impl Target {
         let roots = weir_proto::dial::roots_from_pem(&pem)
             .map_err(|err| anyhow!("{}: {err}", path.display()))?;
         let config = weir_proto::dial::client_config(roots)?;
-        let channel = weir_proto::dial::connect(endpoint, config)
-            .await
-            .map_err(|err| anyhow!("{}", error_chain(&err)))?;
+        // Several replicas (`--server https://a:8090,https://b:8090`): the first that answers.
+        let mut failures = Vec::new();
+        let mut connected = None;
+        for url in self
+            .server
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            let endpoint = weir_proto::dial::endpoint(url)
+                .map_err(|err| anyhow!("--server: {err}"))?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(REQUEST_TIMEOUT);
+            match weir_proto::dial::connect(endpoint, config.clone()).await {
+                Ok(channel) => {
+                    connected = Some(channel);
+                    break;
+                }
+                Err(err) => failures.push(error_chain(&err)),
+            }
+        }
+        let channel = connected.ok_or_else(|| match failures.len() {
+            0 => anyhow!("--server: no URL given"),
+            _ => anyhow!("{}", failures.join("; ")),
+        })?;
         Ok(AdminClient::with_interceptor(channel, interceptor))
     }
 
@@ -99,6 +132,11 @@ impl Target {
                 anyhow!("{message}")
             }
             Code::FailedPrecondition => anyhow!("{message}"),
+            // The control plane answered; what it could not reach is its shared store.
+            Code::Unavailable if message.starts_with("etcd store") => anyhow!(
+                "the control plane at {} cannot use its store: {message}",
+                self.server
+            ),
             Code::Unavailable => anyhow!(
                 "cannot reach the control plane at {}: {}",
                 self.server,

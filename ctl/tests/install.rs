@@ -17,7 +17,7 @@ use weirctl::install::MANIFESTS;
 
 /// 1.29: native sidecars (the injected pod spec needs them); 1.33: a current release.
 const KUBERNETES_VERSIONS: &[&str] = &["1.29.0", "1.33.0"];
-const OVERLAYS: &[&str] = &["single-node", "eks", "gke"];
+const OVERLAYS: &[&str] = &["single-node", "eks", "gke", "ha"];
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -250,6 +250,25 @@ fn overlays_build_on_the_whole_base() {
         );
         assert_eq!(rendered.len(), base.len(), "{overlay} keeps every object");
     }
+    let ha = objects(&kustomize(&deploy().join("overlays/ha")));
+    let sts = statefulset(&ha);
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert!(arg(&sts, "--store").starts_with("etcd:http://"));
+    assert!(
+        sts["spec"].get("volumeClaimTemplates").is_none(),
+        "etcd holds the state"
+    );
+    assert!(
+        sts.pointer("/spec/template/spec/affinity/podAntiAffinity")
+            .is_some(),
+        "one replica per node"
+    );
+    let pdb = ha
+        .iter()
+        .find(|o| o["kind"] == "PodDisruptionBudget")
+        .expect("a PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"], 2);
+    assert_eq!(ha.len(), base.len(), "ha keeps every object");
     let single = objects(&kustomize(&deploy().join("overlays/single-node")));
     assert!(!single.iter().any(|o| o["kind"] == "PodDisruptionBudget"));
     assert_eq!(single.len(), base.len() - 1);

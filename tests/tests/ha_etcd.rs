@@ -294,6 +294,19 @@ async fn proxies_fail_over_to_another_replica_without_a_failed_request() {
             killed.elapsed() > Duration::from_secs(5)
         })
         .await;
+        // weirctl given both replicas uses the one that answers.
+        let both = format!("{},{}", a.url(), b.url());
+        let out = std::process::Command::new(weir_tests::bins::weirctl_bin())
+            .args(["--server", &both, "--token", &b.token(), "--trust-bundle"])
+            .arg(b.trust_bundle())
+            .args(["get", "servicepolicy"])
+            .output()
+            .expect("weirctl");
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("payments"),
+            "weirctl --server A,B with A dead: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         load.wait_for(load.count() + 100).await;
         b.apply(&dir.join("flip.yaml"), &split(0, 100));
         wait_until(
