@@ -59,6 +59,8 @@ fn static_bin_dir() -> PathBuf {
                 "weir-proxy",
                 "-p",
                 "weir-control",
+                "-p",
+                "weirctl",
                 "--bins",
             ])
             .env("CARGO_TARGET_DIR", &target_dir)
