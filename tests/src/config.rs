@@ -47,3 +47,11 @@ pub fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(&tmp, contents)?;
     std::fs::rename(&tmp, path)
 }
+
+/// A ServicePolicy for shop/payments splitting its default route between payments (`v1` %) and
+/// payments-v2 (`v2` %).
+pub fn split(v1: u32, v2: u32) -> String {
+    format!(
+        "apiVersion: weir/v1\nkind: ServicePolicy\nmetadata: {{ name: payments, namespace: shop }}\nspec:\n  service: payments\n  routes:\n    - name: default\n      backends: [ {{ service: payments, weight: {v1} }}, {{ service: payments-v2, weight: {v2} }} ]\n"
+    )
+}

@@ -11,12 +11,6 @@ use weir_tests::{Proxy, apps, config};
 // 138 s measured alone for the NACK test on a loaded 2-core machine (stop 24): 120 s was too tight.
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn split(v1: u32, v2: u32) -> String {
-    format!(
-        "apiVersion: weir/v1\nkind: ServicePolicy\nmetadata: {{ name: payments, namespace: shop }}\nspec:\n  service: payments\n  routes:\n    - name: default\n      backends: [ {{ service: payments, weight: {v1} }}, {{ service: payments-v2, weight: {v2} }} ]\n"
-    )
-}
-
 struct Mesh {
     // Drop order: proxies and apps first, the dir (with logs) last.
     client: Proxy,
@@ -36,7 +30,7 @@ impl Mesh {
         let cp = ControlPlane::start(&dir.join("data"), dir.path()).await;
         cp.apply(
             &dir.join("policy.yaml"),
-            &config::documents(&[config::MESH_PERMISSIVE, &split(100, 0)]),
+            &config::documents(&[config::MESH_PERMISSIVE, &config::split(100, 0)]),
         );
 
         let v1 = apps::http::start("v1").await;
@@ -111,7 +105,7 @@ async fn traffic_split_flips_under_load_without_a_failed_request() {
         load.wait_for(200).await;
 
         let invoked = Instant::now();
-        mesh.apply("flip.yaml", &split(0, 100));
+        mesh.apply("flip.yaml", &config::split(0, 100));
         let applied = Instant::now();
         // Keep the load on for a second after the flip.
         let after = load.count() + 200;
@@ -146,7 +140,7 @@ async fn control_plane_outage_loses_nothing_and_restart_keeps_every_object() {
     within(TEST_TIMEOUT, "control-plane outage", async {
         let mut mesh = Mesh::start("cp-outage").await;
         // A second revision, so history has something to compare.
-        mesh.apply("v2.yaml", &split(50, 50));
+        mesh.apply("v2.yaml", &config::split(50, 50));
         let get_before = mesh.cp.weirctl_ok(&["get", "servicepolicy", "-o", "json"]);
         let history_before = mesh.cp.weirctl_ok(&[
             "history",
@@ -276,7 +270,7 @@ async fn a_snapshot_the_proxy_cannot_apply_is_nacked_and_the_last_good_kept() {
         .await;
         let good = before_conflict.admin_get("/config").await.json().expect("json")["control_plane_version"].as_u64();
 
-        mesh.apply("conflict.yaml", &split(0, 100));
+        mesh.apply("conflict.yaml", &config::split(0, 100));
         wait_until("weirctl status shows the NACK", Duration::from_secs(20), || async {
             let out = mesh.cp.weirctl(&["status", "-o", "json"]);
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -405,7 +399,7 @@ async fn invalid_documents_are_rejected_with_their_field_path_and_change_nothing
         let cp = ControlPlane::start(&dir.join("data"), dir.path()).await;
         cp.apply(
             &dir.join("good.yaml"),
-            &config::documents(&[config::MESH_PERMISSIVE, &split(90, 10)]),
+            &config::documents(&[config::MESH_PERMISSIVE, &config::split(90, 10)]),
         );
         let before = (
             cp.weirctl_ok(&["get", "servicepolicy", "-o", "json"]),
@@ -416,7 +410,7 @@ async fn invalid_documents_are_rejected_with_their_field_path_and_change_nothing
         for (i, (body, path)) in INVALID.iter().enumerate() {
             let file = dir.join(&format!("bad{i}.yaml"));
             // Each bad document rides with a valid change, so all-or-nothing is tested too.
-            let text = format!("{}---\napiVersion: weir/v1\n{body}", split(0, 100));
+            let text = format!("{}---\napiVersion: weir/v1\n{body}", config::split(0, 100));
             std::fs::write(&file, text).expect("write");
             let out = cp.weirctl(&["apply", "-f", file.to_str().expect("utf-8 path")]);
             let stderr = String::from_utf8_lossy(&out.stderr);

@@ -16,14 +16,62 @@ use weir_tests::{Proxy, apps, config};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn split(v1: u32, v2: u32) -> String {
-    format!(
-        "apiVersion: weir/v1\nkind: ServicePolicy\nmetadata: {{ name: payments, namespace: shop }}\nspec:\n  service: payments\n  routes:\n    - name: default\n      backends: [ {{ service: payments, weight: {v1} }}, {{ service: payments-v2, weight: {v2} }} ]\n"
-    )
-}
-
 fn read(path: std::path::PathBuf) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// payments (app "v1") and payments-v2 (app "v2") behind proxies that register with `cps`, and
+/// an `orders` client proxy that sees both.
+struct Shop {
+    client: Proxy,
+    _p1: Proxy,
+    _p2: Proxy,
+    _v1: apps::Server,
+    _v2: apps::Server,
+}
+
+impl Shop {
+    async fn start(dir: &TestDir, cps: &[&ControlPlane]) -> Shop {
+        let v1 = apps::http::start("v1").await;
+        let v2 = apps::http::start("v2").await;
+        let meshed = |name: &str, svc: &str| {
+            Proxy::builder(name, dir.path())
+                .service(svc)
+                .namespace("shop")
+                .control_planes(cps)
+        };
+        let p1 = meshed("payments", "payments")
+            .app_addr(v1.addr)
+            .start()
+            .await;
+        let p2 = meshed("payments-v2", "payments-v2")
+            .app_addr(v2.addr)
+            .start()
+            .await;
+        let client = meshed("orders", "orders").start().await;
+        wait_until(
+            "the client sees both services",
+            Duration::from_secs(20),
+            || async {
+                let cfg = client.admin_get("/config").await.json().unwrap_or_default();
+                let services = cfg["services"].as_array().cloned().unwrap_or_default();
+                ["payments", "payments-v2"].iter().all(|name| {
+                    services.iter().any(|s| {
+                        s["name"] == *name
+                            && s["endpoints"].as_array().is_some_and(|e| !e.is_empty())
+                    })
+                })
+            },
+        )
+        .await;
+        Shop {
+            client,
+            _p1: p1,
+            _p2: p2,
+            _v1: v1,
+            _v2: v2,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,40 +107,10 @@ async fn two_replicas_on_etcd_share_the_mesh_and_survive_crashes() {
         // Applied through A, served by proxies connected to B.
         a.apply(
             &dir.join("split.yaml"),
-            &config::documents(&[config::MESH_PERMISSIVE, &split(100, 0)]),
+            &config::documents(&[config::MESH_PERMISSIVE, &config::split(100, 0)]),
         );
-        let v1 = apps::http::start("v1").await;
-        let v2 = apps::http::start("v2").await;
-        let meshed = |name: &str, svc: &str| {
-            Proxy::builder(name, dir.path())
-                .service(svc)
-                .namespace("shop")
-                .control_plane(&b)
-        };
-        let _p1 = meshed("payments", "payments")
-            .app_addr(v1.addr)
-            .start()
-            .await;
-        let _p2 = meshed("payments-v2", "payments-v2")
-            .app_addr(v2.addr)
-            .start()
-            .await;
-        let client = meshed("orders", "orders").start().await;
-        wait_until(
-            "the client sees both services",
-            Duration::from_secs(20),
-            || async {
-                let cfg = client.admin_get("/config").await.json().unwrap_or_default();
-                let services = cfg["services"].as_array().cloned().unwrap_or_default();
-                ["payments", "payments-v2"].iter().all(|name| {
-                    services.iter().any(|s| {
-                        s["name"] == *name
-                            && s["endpoints"].as_array().is_some_and(|e| !e.is_empty())
-                    })
-                })
-            },
-        )
-        .await;
+        let shop = Shop::start(&dir, &[&b]).await;
+        let client = &shop.client;
         let token = b.weirctl_ok(&["token", "create", "-n", "shop", "--sa", "orders"]);
         let tokens_before = b.weirctl_ok(&["token", "list", "-o", "json"]);
 
@@ -102,7 +120,7 @@ async fn two_replicas_on_etcd_share_the_mesh_and_survive_crashes() {
         a.kill().await;
         etcd.kill(0);
         load.wait_for(load.count() + 100).await;
-        b.apply(&dir.join("flip.yaml"), &split(0, 100));
+        b.apply(&dir.join("flip.yaml"), &config::split(0, 100));
         let applied_at = std::time::Instant::now();
         wait_until(
             "the flip applied through B reaches the client",
@@ -240,41 +258,11 @@ async fn proxies_fail_over_to_another_replica_without_a_failed_request() {
         let b = ControlPlane::start_with(&dir.join("b"), dir.path(), &args).await;
         a.apply(
             &dir.join("split.yaml"),
-            &config::documents(&[config::MESH_PERMISSIVE, &split(100, 0)]),
+            &config::documents(&[config::MESH_PERMISSIVE, &config::split(100, 0)]),
         );
-        let v1 = apps::http::start("v1").await;
-        let v2 = apps::http::start("v2").await;
         // Each proxy starts at a random replica of the two.
-        let meshed = |name: &str, svc: &str| {
-            Proxy::builder(name, dir.path())
-                .service(svc)
-                .namespace("shop")
-                .control_planes(&[&a, &b])
-        };
-        let _p1 = meshed("payments", "payments")
-            .app_addr(v1.addr)
-            .start()
-            .await;
-        let _p2 = meshed("payments-v2", "payments-v2")
-            .app_addr(v2.addr)
-            .start()
-            .await;
-        let client = meshed("orders", "orders").start().await;
-        wait_until(
-            "the client sees both services",
-            Duration::from_secs(20),
-            || async {
-                let cfg = client.admin_get("/config").await.json().unwrap_or_default();
-                let services = cfg["services"].as_array().cloned().unwrap_or_default();
-                ["payments", "payments-v2"].iter().all(|name| {
-                    services.iter().any(|s| {
-                        s["name"] == *name
-                            && s["endpoints"].as_array().is_some_and(|e| !e.is_empty())
-                    })
-                })
-            },
-        )
-        .await;
+        let shop = Shop::start(&dir, &[&a, &b]).await;
+        let client = &shop.client;
 
         let on_a = a.weirctl_ok(&["status"]);
         let moved = ["payments", "payments-v2", "orders"]
@@ -308,7 +296,7 @@ async fn proxies_fail_over_to_another_replica_without_a_failed_request() {
             String::from_utf8_lossy(&out.stderr)
         );
         load.wait_for(load.count() + 100).await;
-        b.apply(&dir.join("flip.yaml"), &split(0, 100));
+        b.apply(&dir.join("flip.yaml"), &config::split(0, 100));
         wait_until(
             "the flip through B reaches the client",
             Duration::from_secs(10),
