@@ -202,11 +202,8 @@ pub fn build(
 ) -> Result<Published, StoreError> {
     let version = store.version();
     let objects = store.get(None, None, None)?;
-    let views = if store.shared() {
-        registry.views_with(&store.registrations()?)
-    } else {
-        registry.views()
-    };
+    // Empty, without I/O, for the embedded store.
+    let views = registry.views(&store.registrations()?);
     Ok(Published {
         version,
         documents: documents(objects, views, derived.all()),

@@ -223,22 +223,10 @@ impl Registry {
         Ok(None)
     }
 
-    /// Every registered service as proxies should see it.
-    pub fn views(&self) -> Vec<(ServiceKey, ServiceView)> {
-        let inner = self.lock();
-        inner
-            .services
-            .iter()
-            .map(|(key, regs)| (key.clone(), view(regs)))
-            .collect()
-    }
-
-    /// Like [`Registry::views`], with the registrations other replicas keep in a shared store
-    /// (this replica's own are in there too, and count once).
-    pub fn views_with(
-        &self,
-        shared: &[(ServiceKey, Registered)],
-    ) -> Vec<(ServiceKey, ServiceView)> {
+    /// Every registered service as proxies should see it: this replica's registrations plus
+    /// `shared`, those every replica keeps in a shared store (this replica's own are in there
+    /// too, and count once).
+    pub fn views(&self, shared: &[(ServiceKey, Registered)]) -> Vec<(ServiceKey, ServiceView)> {
         let inner = self.lock();
         let mut all: BTreeMap<&ServiceKey, Vec<(SocketAddr, &str)>> = BTreeMap::new();
         for (key, regs) in &inner.services {
