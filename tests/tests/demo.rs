@@ -161,10 +161,15 @@ fn the_demo_tells_the_waterfall_story_and_cleans_up() {
         slowest_ms >= 900,
         "the slowest trace should be one of step 4's 1 s waits, took {slowest_ms} ms"
     );
+    // The demo ranks requests by the time its load generator saw; `--slowest` ranks traces by
+    // the edge span's duration. Step 4 makes many requests wait ~1 s, so the two may pick
+    // different near-ties: they must agree on the duration, not necessarily on the id.
     let listed = weirctl_json(&traces, &["--slowest"]);
-    assert_eq!(
-        listed["trace_id"], slowest,
-        "--slowest disagrees with the demo"
+    let listed_ms = listed["duration_us"].as_u64().unwrap_or(0) / 1000;
+    assert!(
+        listed_ms >= slowest_ms && listed_ms - slowest_ms <= 100,
+        "--slowest found {} ({listed_ms} ms), the demo {slowest} ({slowest_ms} ms)",
+        listed["trace_id"]
     );
 }
 
