@@ -95,21 +95,7 @@ fn target(
     Ok((kind, namespace, name.to_string()))
 }
 
-fn status(err: StoreError) -> Status {
-    match err {
-        StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
-        StoreError::Precondition(why) => Status::failed_precondition(why),
-        StoreError::Invalid(errors) => Status::invalid_argument(errors.to_string()),
-        StoreError::Unavailable(why) => {
-            tracing::warn!(reason = %why, "store unavailable");
-            Status::unavailable(why)
-        }
-        err @ (StoreError::Db(_) | StoreError::Corrupt { .. } | StoreError::Private { .. }) => {
-            tracing::error!(%err, "store error");
-            Status::internal(format!("{err}"))
-        }
-    }
-}
+use crate::store::grpc_status as status;
 
 fn token_info(record: TokenRecord) -> pb::TokenInfo {
     pb::TokenInfo {

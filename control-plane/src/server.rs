@@ -292,6 +292,10 @@ impl Bound {
             .store
             .changes()
             .map(|changes| tokio::spawn(forward_changes(hub.clone(), changes)));
+        let shared_ca = hub
+            .store
+            .secret_changes()
+            .map(|changes| tokio::spawn(follow_shared_ca(authority.clone(), changes)));
         let renewer = tokio::spawn(tls.clone().renew());
         let follower = tokio::spawn(follow_rotation(authority.clone(), tls.clone(), data_dir));
         let kube_tasks = kubernetes.map_or_else(Vec::new, |client| {
@@ -348,8 +352,8 @@ impl Bound {
             }
         };
         publisher.abort();
-        if let Some(shared) = &shared {
-            shared.abort();
+        for task in shared.iter().chain(&shared_ca) {
+            task.abort();
         }
         renewer.abort();
         follower.abort();
@@ -383,8 +387,6 @@ async fn follow_rotation(authority: Arc<Authority>, tls: Arc<ServingTls>, data_d
     }
 }
 
-/// Waits briefly for stream tasks to drop their handles, so the store file is closed when
-/// `serve` returns and the same process (a test, a benchmark) can open it again.
 /// Changes written to the shared store by any replica (this one included) wake the publisher,
 /// which rebuilds from the store; a burst of them is one build.
 async fn forward_changes(hub: Arc<Hub>, mut changes: tokio::sync::watch::Receiver<u64>) {
@@ -393,6 +395,31 @@ async fn forward_changes(hub: Arc<Hub>, mut changes: tokio::sync::watch::Receive
     }
 }
 
+/// A rotation step run through another replica changes the secrets in the shared store: take
+/// it up here too (signing root, bundle for this replica's proxies, serving certificate and
+/// bundle file, through [`follow_rotation`]). While the store is away, retried until it answers.
+async fn follow_shared_ca(
+    authority: Arc<Authority>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+) {
+    const RETRY: Duration = Duration::from_secs(2);
+    while changes.changed().await.is_ok() {
+        loop {
+            let authority = authority.clone();
+            match tokio::task::spawn_blocking(move || authority.reload()).await {
+                Ok(Ok(_)) => break,
+                Ok(Err(err)) => {
+                    tracing::warn!(%err, "cannot read the CA rotation from the store; retrying");
+                    tokio::time::sleep(RETRY).await;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Waits briefly for stream tasks to drop their handles, so the store file is closed when
+/// `serve` returns and the same process (a test, a benchmark) can open it again.
 async fn release(hub: Arc<Hub>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while Arc::strong_count(&hub) > 1 && tokio::time::Instant::now() < deadline {

@@ -85,22 +85,20 @@ impl Authority {
             Some(f) => (Ca::load(&f.cert, &f.key, f.trust_bundle.as_deref())?, None),
             None => {
                 let trust_domain = hub.trust_domain.clone();
-                let json = store.secret_or_insert_with(CA_SECRET, || {
+                store.secret_or_insert_with(CA_SECRET, || {
                     let root = crate::ca::generate_root(&trust_domain)?;
                     tracing::info!(trust_domain, "generated the mesh root CA");
                     serde_json::to_vec(&root).map_err(|err| CaError::Generate(err.to_string()))
                 })??;
-                let pem: CaPem = serde_json::from_slice(&json)
-                    .map_err(|err| AuthorityError::CorruptCa(err.to_string()))?;
-                let trust: rotation::CaTrust = match store.secret(rotation::CA_TRUST_SECRET)? {
-                    Some(json) => serde_json::from_slice(&json)
-                        .map_err(|err| AuthorityError::CorruptCa(err.to_string()))?,
-                    None => rotation::CaTrust::default(),
-                };
-                let bundle = trust.bundle(&pem.cert_pem);
+                let stored = Stored::read(store)?;
+                let bundle = stored.trust.bundle(&stored.signer.cert_pem);
                 (
-                    Ca::from_pem(&pem.cert_pem, &pem.key_pem, Some(&bundle))?,
-                    Some(trust),
+                    Ca::from_pem(
+                        &stored.signer.cert_pem,
+                        &stored.signer.key_pem,
+                        Some(&bundle),
+                    )?,
+                    Some(stored.trust),
                 )
             }
         };
@@ -134,11 +132,15 @@ impl Authority {
 
     /// The CA's roots and rotation phase.
     pub fn info(&self) -> pb_admin::CaInfo {
-        let ca = self.ca();
-        let trust = self
-            .trust
-            .as_ref()
-            .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        // The CA is read under the lock, so a rotation step taken up meanwhile cannot pair the
+        // old roots with the new phase.
+        let (ca, trust) = match &self.trust {
+            Some(lock) => {
+                let trust = lock.lock().unwrap_or_else(|p| p.into_inner());
+                (self.ca(), Some(trust.clone()))
+            }
+            None => (self.ca(), None),
+        };
         let signing = crate::ca::summarize(ca.trust_bundle_pem())
             .into_iter()
             .next()
@@ -177,8 +179,10 @@ impl Authority {
         }
     }
 
-    /// Runs one rotation phase (see [`rotation`]): persists it, swaps the signing CA and pushes
-    /// the new bundle and generation to every proxy.
+    /// Runs one rotation phase (see [`rotation`]) on the state in the store, which another
+    /// replica may have moved on: persists it only if nobody changed it meanwhile, then swaps
+    /// the signing CA and pushes the new bundle and generation to this replica's proxies (the
+    /// other replicas see the change through the store and reload, see [`Authority::reload`]).
     pub fn rotate(&self, phase: rotation::Phase, force: bool) -> Result<pb_admin::CaInfo, Status> {
         let Some(lock) = &self.trust else {
             return Err(Status::failed_precondition(
@@ -187,17 +191,16 @@ impl Authority {
             ));
         };
         {
-            let mut trust = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut local = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let stored = Stored::read(&self.hub.store).map_err(|err| match err {
+                AuthorityError::Store(err) => crate::store::grpc_status(err),
+                err => Status::internal(err.to_string()),
+            })?;
             let now = rotation::now_ms();
-            rotation::check(&trust, phase, force, now).map_err(Status::failed_precondition)?;
-            let store = &self.hub.store;
-            let active: CaPem = store
-                .secret(CA_SECRET)
-                .map_err(store_status)?
-                .and_then(|json| serde_json::from_slice(&json).ok())
-                .ok_or_else(|| Status::internal("stored CA record is missing or corrupt"))?;
-            let mut next_trust = trust.clone();
-            let mut signer = active.clone();
+            rotation::check(&stored.trust, phase, force, now)
+                .map_err(Status::failed_precondition)?;
+            let mut next_trust = stored.trust.clone();
+            let mut signer = stored.signer.clone();
             match phase {
                 rotation::Phase::Prepare => {
                     let root = crate::ca::generate_root(self.trust_domain())
@@ -209,32 +212,84 @@ impl Authority {
                         .next
                         .take()
                         .ok_or_else(|| Status::internal("no prepared root"))?;
-                    next_trust.previous_cert_pem = Some(active.cert_pem.clone());
+                    next_trust.previous_cert_pem = Some(stored.signer.cert_pem.clone());
                     next_trust.generation += 1;
                     next_trust.activated_unix_ms = now;
                 }
                 rotation::Phase::Finish => next_trust.previous_cert_pem = None,
             }
-            let bundle = next_trust.bundle(&signer.cert_pem);
-            let ca = Ca::from_pem(&signer.cert_pem, &signer.key_pem, Some(&bundle))
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let ca = Ca::from_pem(
+                &signer.cert_pem,
+                &signer.key_pem,
+                Some(&next_trust.bundle(&signer.cert_pem)),
+            )
+            .map_err(|e| Status::internal(e.to_string()))?;
             let signer_json = to_json(&signer)?;
             let trust_json = to_json(&next_trust)?;
-            store
-                .put_secrets(&[
-                    (CA_SECRET, signer_json.as_slice()),
-                    (rotation::CA_TRUST_SECRET, trust_json.as_slice()),
-                ])
-                .map_err(store_status)?;
-            self.ca.store(Arc::new(ca));
-            *trust = next_trust;
-            let generation = trust.generation;
-            self.hub.set_trust(bundle.as_bytes(), generation);
-            self.changes
-                .send_replace((generation, Arc::from(bundle.as_str())));
-            tracing::info!(?phase, generation, "root rotation step done");
+            let written = self
+                .hub
+                .store
+                .put_secrets_if(
+                    (rotation::CA_TRUST_SECRET, stored.trust_json.as_deref()),
+                    &[
+                        (CA_SECRET, signer_json.as_slice()),
+                        (rotation::CA_TRUST_SECRET, trust_json.as_slice()),
+                    ],
+                )
+                .map_err(crate::store::grpc_status)?;
+            if !written {
+                return Err(Status::aborted(
+                    "another control-plane replica ran a rotation step at the same time; \
+                     check `weirctl ca info` and run the step again if it is still due",
+                ));
+            }
+            self.install(&mut local, ca, next_trust);
+            tracing::info!(
+                ?phase,
+                generation = local.generation,
+                "root rotation step done"
+            );
         }
         Ok(self.info())
+    }
+
+    /// Takes up the roots and rotation state in the store when another replica changed them,
+    /// so every replica signs with the same root and hands out the same bundle. A CA from
+    /// files has nothing to reload.
+    pub fn reload(&self) -> Result<bool, AuthorityError> {
+        let Some(lock) = &self.trust else {
+            return Ok(false);
+        };
+        // Held across the read, so an older read cannot overwrite a newer local step.
+        let mut local = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let stored = Stored::read(&self.hub.store)?;
+        let bundle = stored.trust.bundle(&stored.signer.cert_pem);
+        if stored.trust.generation == local.generation
+            && bundle == self.ca.load().trust_bundle_pem()
+        {
+            return Ok(false);
+        }
+        let ca = Ca::from_pem(
+            &stored.signer.cert_pem,
+            &stored.signer.key_pem,
+            Some(&bundle),
+        )?;
+        let (generation, phase) = (stored.trust.generation, stored.trust.phase());
+        self.install(&mut local, ca, stored.trust);
+        tracing::info!(
+            generation,
+            phase,
+            "took up the CA rotation another replica made"
+        );
+        Ok(true)
+    }
+
+    fn install(&self, local: &mut rotation::CaTrust, ca: Ca, trust: rotation::CaTrust) {
+        let bundle: Arc<str> = Arc::from(ca.trust_bundle_pem());
+        self.ca.store(Arc::new(ca));
+        *local = trust;
+        self.hub.set_trust(bundle.as_bytes(), local.generation);
+        self.changes.send_replace((local.generation, bundle));
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -284,7 +339,10 @@ impl Authority {
             expires_unix_ms: i64::try_from(exp.saturating_mul(1000)).unwrap_or(i64::MAX),
             revoked: false,
         };
-        self.hub.store.insert_token(&record).map_err(store_status)?;
+        self.hub
+            .store
+            .insert_token(&record)
+            .map_err(crate::store::grpc_status)?;
         Ok((token, record))
     }
 
@@ -363,7 +421,12 @@ impl Authority {
                 Status::unauthenticated(err.to_string())
             }
         })?;
-        match self.hub.store.token(&claims.id).map_err(store_status)? {
+        match self
+            .hub
+            .store
+            .token(&claims.id)
+            .map_err(crate::store::grpc_status)?
+        {
             None => Err(Status::unauthenticated(format!(
                 "workload token {} is unknown to this control plane (was its store reset?); \
                  make a new one with `weirctl token create`",
@@ -375,6 +438,34 @@ impl Authority {
             ))),
             Some(_) => Ok(claims),
         }
+    }
+}
+
+/// The generated CA as the store holds it now.
+struct Stored {
+    signer: CaPem,
+    trust: rotation::CaTrust,
+    /// The stored rotation state as written, to check nobody changed it before writing anew.
+    trust_json: Option<Vec<u8>>,
+}
+
+impl Stored {
+    fn read(store: &crate::store::Store) -> Result<Stored, AuthorityError> {
+        let corrupt = |err: serde_json::Error| AuthorityError::CorruptCa(err.to_string());
+        let signer = store
+            .secret(CA_SECRET)?
+            .ok_or_else(|| AuthorityError::CorruptCa("the stored CA record is missing".into()))?;
+        let signer: CaPem = serde_json::from_slice(&signer).map_err(corrupt)?;
+        let trust_json = store.secret(rotation::CA_TRUST_SECRET)?;
+        let trust = match &trust_json {
+            Some(json) => serde_json::from_slice(json).map_err(corrupt)?,
+            None => rotation::CaTrust::default(),
+        };
+        Ok(Stored {
+            signer,
+            trust,
+            trust_json,
+        })
     }
 }
 
@@ -391,17 +482,6 @@ fn csr_status(err: CsrError) -> Status {
         CsrError::CaExpired(_) => Status::failed_precondition(err.to_string()),
         CsrError::Sign(_) => {
             tracing::error!(%err, "signing failed");
-            Status::internal(err.to_string())
-        }
-    }
-}
-
-pub(crate) fn store_status(err: StoreError) -> Status {
-    match err {
-        StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
-        StoreError::Precondition(why) => Status::failed_precondition(why),
-        err => {
-            tracing::error!(%err, "store error");
             Status::internal(err.to_string())
         }
     }

@@ -194,16 +194,24 @@ impl Embedded {
         Ok(stored)
     }
 
-    pub(super) fn put_secrets(&self, secrets: &[(&str, &[u8])]) -> Result<(), StoreError> {
+    pub(super) fn put_secrets_if(
+        &self,
+        (guard, expected): (&str, Option<&[u8]>),
+        secrets: &[(&str, &[u8])],
+    ) -> Result<bool, StoreError> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(SECRETS)?;
+            let current = table.get(guard)?.map(|v| v.value().to_vec());
+            if current.as_deref() != expected {
+                return Ok(false);
+            }
             for (name, value) in secrets {
                 table.insert(*name, *value)?;
             }
         }
         txn.commit()?;
-        Ok(())
+        Ok(true)
     }
 
     pub(super) fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -168,6 +168,15 @@ impl Store {
         }
     }
 
+    /// Changes to the secrets (CA roots, rotation state) made by anyone, this replica included.
+    /// `None` for the embedded store.
+    pub fn secret_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match &self.backend {
+            Backend::Embedded(_) => None,
+            Backend::Etcd(b) => Some(b.secret_changes()),
+        }
+    }
+
     /// Whether other replicas share this store (etcd).
     pub fn shared(&self) -> bool {
         matches!(self.backend, Backend::Etcd(_))
@@ -319,9 +328,15 @@ impl Store {
     }
 
     /// Writes several secrets in one transaction, so readers never see half of a change (e.g.
-    /// a new signing root without the trust state that goes with it).
-    pub fn put_secrets(&self, secrets: &[(&str, &[u8])]) -> Result<(), StoreError> {
-        on_backend!(self, b => b.put_secrets(secrets))
+    /// a new signing root without the trust state that goes with it), if the secret `guard`
+    /// still holds `expected` (`None`: absent). `false`: another writer changed it first, so
+    /// two replicas cannot both run the same step on the state they each read.
+    pub fn put_secrets_if(
+        &self,
+        guard: (&str, Option<&[u8]>),
+        secrets: &[(&str, &[u8])],
+    ) -> Result<bool, StoreError> {
+        on_backend!(self, b => b.put_secrets_if(guard, secrets))
     }
 
     /// The secret `name`, if stored.
@@ -417,6 +432,25 @@ fn object(kind: &str, ns: &str, name: &str, record: Record) -> Object {
 }
 
 /// `ServicePolicy shop/payments`, as weir-policy names documents.
+/// How a store failure reads to a gRPC client: a store that is away is `unavailable` (worth a
+/// retry), not an internal error.
+pub(crate) fn grpc_status(err: StoreError) -> tonic::Status {
+    use tonic::Status;
+    match err {
+        StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
+        StoreError::Precondition(why) => Status::failed_precondition(why),
+        StoreError::Invalid(errors) => Status::invalid_argument(errors.to_string()),
+        StoreError::Unavailable(why) => {
+            tracing::warn!(reason = %why, "store unavailable");
+            Status::unavailable(why)
+        }
+        err @ (StoreError::Db(_) | StoreError::Corrupt { .. } | StoreError::Private { .. }) => {
+            tracing::error!(%err, "store error");
+            Status::internal(format!("{err}"))
+        }
+    }
+}
+
 pub fn display_key(kind: &str, ns: &str, name: &str) -> String {
     if ns.is_empty() {
         format!("{kind} {name}")

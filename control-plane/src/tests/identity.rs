@@ -17,10 +17,15 @@ use super::*;
 use crate::ca::{self, Ca};
 use crate::identity::CaFiles;
 
-const ORDERS: &str = "spiffe://weir.local/ns/shop/sa/orders";
+pub(super) const ORDERS: &str = "spiffe://weir.local/ns/shop/sa/orders";
 
 impl TestServer {
-    async fn create_token(&self, ns: &str, sa: &str, ttl_seconds: u64) -> (String, String) {
+    pub(super) async fn create_token(
+        &self,
+        ns: &str,
+        sa: &str,
+        ttl_seconds: u64,
+    ) -> (String, String) {
         let request = self.authed(CreateTokenRequest {
             namespace: ns.into(),
             service_account: sa.into(),
@@ -37,7 +42,11 @@ impl TestServer {
         (response.token, info.id)
     }
 
-    async fn certify(&self, token: &str, csr_pem: &str) -> Result<CertifyResponse, tonic::Status> {
+    pub(super) async fn certify(
+        &self,
+        token: &str,
+        csr_pem: &str,
+    ) -> Result<CertifyResponse, tonic::Status> {
         let mut client = IdentityClient::new(super::channel(&self.url).await);
         // Deliberately without the admin token: Certify must not need it.
         client
@@ -50,7 +59,7 @@ impl TestServer {
     }
 }
 
-fn csr(uri: &str) -> String {
+pub(super) fn csr(uri: &str) -> String {
     let key = KeyPair::generate().expect("key");
     ca::csr_pem(uri, &key).expect("csr")
 }
@@ -61,7 +70,7 @@ fn ders(pem: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn code(result: Result<CertifyResponse, tonic::Status>) -> (Code, String) {
+pub(super) fn code(result: Result<CertifyResponse, tonic::Status>) -> (Code, String) {
     match result {
         Ok(_) => (Code::Ok, String::new()),
         Err(status) => (status.code(), status.message().to_string()),
@@ -70,7 +79,7 @@ fn code(result: Result<CertifyResponse, tonic::Status>) -> (Code, String) {
 
 /// Checks the chain with webpki for both TLS roles and returns the leaf's URI SANs and its
 /// validity (not before, not after) in Unix seconds.
-fn verify(response: &CertifyResponse) -> (Vec<String>, i64, i64) {
+pub(super) fn verify(response: &CertifyResponse) -> (Vec<String>, i64, i64) {
     let chain = ders(&response.cert_chain_pem);
     let bundle = ders(&response.trust_bundle_pem);
     assert!(!chain.is_empty() && !bundle.is_empty());

@@ -25,6 +25,7 @@ mod identity;
 mod kubernetes;
 mod kubernetes_tokens;
 mod replicas;
+mod rotation;
 
 use std::future::Future;
 use std::path::Path;
@@ -62,18 +63,20 @@ spec:
   mtls: strict
 ";
 
-/// Each test server's trust bundle by URL, so helpers that only get a URL can dial it.
-static BUNDLES: std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>> =
+/// Each test server's trust bundle file by URL, so helpers that only get a URL can dial it.
+static BUNDLES: std::sync::Mutex<std::collections::BTreeMap<String, std::path::PathBuf>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 
-/// A TLS channel to a test server, verified with its trust bundle.
+/// A TLS channel to a test server, verified with its trust bundle as the file holds it now (a
+/// root rotation changes it), as weirctl reads it on every call.
 pub async fn channel(url: &str) -> Channel {
-    let pem = BUNDLES
+    let path = BUNDLES
         .lock()
         .expect("bundles")
         .get(url)
         .cloned()
         .expect("a TestServer started at this URL");
+    let pem = std::fs::read(&path).expect("trust bundle");
     let roots = weir_proto::dial::roots_from_pem(&pem).expect("roots");
     let config = weir_proto::dial::client_config(roots).expect("client config");
     let endpoint = weir_proto::dial::endpoint(url).expect("endpoint");
@@ -127,7 +130,8 @@ impl TestServer {
         configure(&mut config);
         let bound = crate::bind(config).await.expect("bind");
         let url = format!("https://{}", bound.local_addr());
-        let bundle = std::fs::read(bound.trust_bundle_path()).expect("trust bundle written");
+        let bundle = bound.trust_bundle_path();
+        assert!(bundle.exists(), "trust bundle written");
         BUNDLES.lock().expect("bundles").insert(url.clone(), bundle);
         let token = bound.token().secret().to_string();
         let (stop, stopped) = oneshot::channel::<()>();

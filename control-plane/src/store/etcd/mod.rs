@@ -83,6 +83,7 @@ pub(super) struct Etcd {
     /// Owned here so the store works from any thread; see the module comment.
     runtime: Option<tokio::runtime::Runtime>,
     changes: tokio::sync::watch::Receiver<u64>,
+    secret_changes: tokio::sync::watch::Receiver<u64>,
     lease: std::sync::Arc<lease::Lease>,
     /// Tells this replica's registrations apart from the others'.
     replica: String,
@@ -114,6 +115,7 @@ impl Etcd {
             Client::new(&config.endpoints, config.request_timeout)?
         };
         let (tx, changes) = tokio::sync::watch::channel(0);
+        let (secrets_tx, secret_changes) = tokio::sync::watch::channel(0);
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|err| {
             StoreError::Unavailable(format!("no randomness for a replica id: {err}"))
@@ -123,6 +125,7 @@ impl Etcd {
             prefix: config.prefix,
             runtime: Some(runtime),
             changes,
+            secret_changes,
             lease: Default::default(),
             replica: hex::encode(id),
         };
@@ -150,7 +153,10 @@ impl Etcd {
                 store.client.clone(),
                 store.prefix.clone(),
                 from,
-                tx,
+                watch::Targets {
+                    all: tx,
+                    secrets: secrets_tx,
+                },
             ));
             runtime.spawn(lease::keep_alive(
                 store.client.clone(),
@@ -208,6 +214,10 @@ impl Etcd {
 
     pub(super) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    pub(super) fn secret_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.secret_changes.clone()
     }
 
     /// A linearizable read: answers only when the cluster has a quorum.

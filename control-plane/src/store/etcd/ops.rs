@@ -25,6 +25,17 @@ pub(super) fn unchanged_since(key: &[u8], range_end: Vec<u8>, revision: i64) -> 
     }
 }
 
+/// The key holds exactly `value`.
+pub(super) fn holds(key: &[u8], value: &[u8]) -> pb::Compare {
+    pb::Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Value as i32,
+        key: key.to_vec(),
+        target_union: Some(compare::TargetUnion::Value(value.to_vec())),
+        range_end: Vec::new(),
+    }
+}
+
 pub(super) fn put_op(key: &[u8], value: &[u8]) -> pb::RequestOp {
     pb::RequestOp {
         request: Some(request_op::Request::RequestPut(pb::PutRequest {

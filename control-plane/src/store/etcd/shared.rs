@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use weir_proto::etcd::etcdserverpb as pb;
 
-use super::ops::{absent, delete_op, first_value, put_op, range_op, unchanged_since};
+use super::ops::{absent, delete_op, first_value, holds, put_op, range_op, unchanged_since};
 use super::{Etcd, WRITE_ATTEMPTS, text};
 use crate::registry::{Registered, ServiceKey};
 use crate::store::StoreError;
@@ -115,20 +115,26 @@ impl Etcd {
         })
     }
 
-    pub(in crate::store) fn put_secrets(
+    pub(in crate::store) fn put_secrets_if(
         &self,
+        (guard, expected): (&str, Option<&[u8]>),
         secrets: &[(&str, &[u8])],
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
+        let guard = self.key(&["secrets", guard]);
+        let compare = match expected {
+            Some(value) => holds(&guard, value),
+            None => absent(&guard),
+        };
         let success = secrets
             .iter()
             .map(|(name, value)| put_op(&self.key(&["secrets", name]), value))
             .collect();
         self.txn(pb::TxnRequest {
-            compare: Vec::new(),
+            compare: vec![compare],
             success,
             failure: Vec::new(),
         })
-        .map(|_| ())
+        .map(|response| response.succeeded)
     }
 
     pub(in crate::store) fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {

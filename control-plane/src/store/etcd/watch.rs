@@ -16,13 +16,16 @@ use super::client::{Client, prefix_end};
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(3);
 
+/// Where a watch reports: every change, and separately those to the identity secrets (the CA
+/// roots and rotation state), which the CA reloads while the rest only rebuilds snapshots.
+pub(super) struct Targets {
+    pub all: tokio::sync::watch::Sender<u64>,
+    pub secrets: tokio::sync::watch::Sender<u64>,
+}
+
 /// Runs until the receiver side is gone, resuming after the last revision it saw.
-pub(super) async fn run(
-    client: Client,
-    prefix: String,
-    from: u64,
-    tx: tokio::sync::watch::Sender<u64>,
-) {
+pub(super) async fn run(client: Client, prefix: String, from: u64, targets: Targets) {
+    let tx = &targets.all;
     let mut next = from + 1;
     let mut backoff = RETRY_MIN;
     loop {
@@ -31,7 +34,7 @@ pub(super) async fn run(
             if tx.is_closed() {
                 return;
             }
-            match watch_once(&client, channel, &prefix, &mut next, &tx).await {
+            match watch_once(&client, channel, &prefix, &mut next, &targets).await {
                 Ok(()) => return,
                 Err(reason) => {
                     progressed |= reason.progressed;
@@ -66,8 +69,10 @@ async fn watch_once(
     channel: tonic::transport::Channel,
     prefix: &str,
     next: &mut u64,
-    tx: &tokio::sync::watch::Sender<u64>,
+    targets: &Targets,
 ) -> Result<(), Ended> {
+    let tx = &targets.all;
+    let secrets = format!("{prefix}secrets/").into_bytes();
     let key = prefix.as_bytes().to_vec();
     let create = pb::WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(
@@ -110,6 +115,8 @@ async fn watch_once(
                 // History before this was compacted away: start from now; the next build reads
                 // the whole state anyway.
                 *next = u64::try_from(response.compact_revision).unwrap_or(*next);
+                // Whether a secret changed in the lost part is unknown: reload to be sure.
+                targets.secrets.send_modify(|v| *v = (*v).max(*next));
             }
             return Err(ended(
                 format!("canceled: {}", response.cancel_reason),
@@ -126,6 +133,14 @@ async fn watch_once(
             .and_then(|rev| u64::try_from(rev).ok())
         {
             *next = rev + 1;
+            let secret_changed = response
+                .events
+                .iter()
+                .filter_map(|e| e.kv.as_ref())
+                .any(|kv| kv.key.starts_with(&secrets));
+            if secret_changed {
+                targets.secrets.send_replace(rev);
+            }
             if tx.send(client.revision().max(rev)).is_err() {
                 return Ok(());
             }
