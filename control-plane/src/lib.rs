@@ -12,6 +12,7 @@ pub mod health;
 pub mod hub;
 pub mod identity;
 pub mod kubernetes;
+pub mod leading;
 pub mod registry;
 pub mod server;
 pub mod serving;

@@ -27,15 +27,27 @@ pub struct Status {
     pub config_maps_applied: AtomicU64,
 }
 
-/// Starts the watch and the ConfigMap writer; abort the handles to stop them.
+/// Leader-election name of the ConfigMap writer (etcd key `leaders/trust-config-maps`).
+pub const TRUST_DUTY: &str = "trust-config-maps";
+
+/// Starts the watch and the ConfigMap writer; abort the handles to stop them. Every replica
+/// watches (each serves its own proxies from it); only the leader writes ConfigMaps, so replicas
+/// do not race each other's writes in the middle of a root rotation.
 pub fn spawn(
     client: kube::Client,
     hub: Arc<Hub>,
     authority: Arc<Authority>,
     status: Arc<Status>,
 ) -> Vec<JoinHandle<()>> {
+    let leader = hub.store.leadership(TRUST_DUTY);
+    let writer = {
+        let (client, status) = (client.clone(), status.clone());
+        crate::leading::while_leading(TRUST_DUTY, leader, move || {
+            trust::run(client.clone(), authority.clone(), status.clone())
+        })
+    };
     vec![
-        tokio::spawn(watch::run(client.clone(), hub, status.clone())),
-        tokio::spawn(trust::run(client, authority, status)),
+        tokio::spawn(watch::run(client, hub, status)),
+        tokio::spawn(writer),
     ]
 }

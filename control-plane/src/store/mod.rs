@@ -177,6 +177,15 @@ impl Store {
         }
     }
 
+    /// Whether this replica leads `duty` now, and later (one replica at a time does it). With
+    /// the embedded store this process is the only one: always.
+    pub fn leadership(&self, duty: &str) -> tokio::sync::watch::Receiver<bool> {
+        match &self.backend {
+            Backend::Embedded(_) => tokio::sync::watch::channel(true).1,
+            Backend::Etcd(b) => b.leadership(duty),
+        }
+    }
+
     /// Whether other replicas share this store (etcd).
     pub fn shared(&self) -> bool {
         matches!(self.backend, Backend::Etcd(_))

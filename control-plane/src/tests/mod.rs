@@ -20,6 +20,7 @@ macro_rules! on_both_stores {
 
 mod admin;
 mod discovery;
+mod election;
 mod etcd;
 mod identity;
 mod kubernetes;

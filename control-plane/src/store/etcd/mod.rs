@@ -10,6 +10,7 @@
 //! async client runs on a small runtime of its own and each call waits for its answer.
 
 mod client;
+mod election;
 mod lease;
 mod ops;
 mod optimistic;
@@ -27,6 +28,12 @@ use client::{Client, prefix_end};
 
 /// How often a write starts over after losing a race with another writer before giving up.
 const WRITE_ATTEMPTS: usize = 16;
+
+/// How often a replica checks whether it leads a duty, or can take the lead.
+pub const ELECTION_POLL: Duration = election::POLL;
+
+/// How long a stopping replica waits to hand its duties over before leaving them to lapse.
+const RESIGN_WITHIN: Duration = Duration::from_secs(1);
 
 /// Where the etcd store is and how to talk to it (`--store etcd:URL,URL…`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,12 +94,15 @@ pub(super) struct Etcd {
     lease: std::sync::Arc<lease::Lease>,
     /// Tells this replica's registrations apart from the others'.
     replica: String,
+    /// The `leaders/DUTY` keys this replica campaigns for, to resign when it stops.
+    duties: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
         // Dropping a runtime blocks, which an async caller must not do.
         if let Some(runtime) = self.runtime.take() {
+            self.resign_all(&runtime);
             runtime.shutdown_background();
         }
     }
@@ -128,6 +138,7 @@ impl Etcd {
             secret_changes,
             lease: Default::default(),
             replica: hex::encode(id),
+            duties: Default::default(),
         };
         // Fails here, at start, when no member answers: better than a server that looks up but
         // cannot read its policy.
@@ -214,6 +225,44 @@ impl Etcd {
 
     pub(super) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    /// Whether this replica leads `duty`, kept current by a campaign on the store's runtime.
+    pub(super) fn leadership(&self, duty: &str) -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let key = self.key(&["leaders", duty]);
+        if let Some(runtime) = &self.runtime {
+            self.duties
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(key.clone());
+            runtime.spawn(election::campaign(
+                self.client.clone(),
+                self.lease.clone(),
+                key,
+                self.replica.clone(),
+                tx,
+            ));
+        }
+        rx
+    }
+
+    /// Best effort and bounded: a replica stopping while etcd is away leaves its lead to lapse
+    /// with its lease instead of holding up the shutdown.
+    fn resign_all(&self, runtime: &tokio::runtime::Runtime) {
+        let keys = std::mem::take(&mut *self.duties.lock().unwrap_or_else(|p| p.into_inner()));
+        if keys.is_empty() {
+            return;
+        }
+        let (client, me) = (self.client.clone(), self.replica.clone());
+        let (tx, rx) = mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            for key in keys {
+                election::resign(&client, key, &me).await;
+            }
+            let _ = tx.send(());
+        });
+        let _ = rx.recv_timeout(RESIGN_WITHIN);
     }
 
     pub(super) fn secret_changes(&self) -> tokio::sync::watch::Receiver<u64> {
