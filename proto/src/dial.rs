@@ -125,7 +125,7 @@ fn connector(
             let bare = host.trim_start_matches('[').trim_end_matches(']');
             let name = ServerName::try_from(bare.to_string())
                 .map_err(|_| invalid("URL host is not a DNS name or IP address"))?;
-            let tcp = TcpStream::connect((bare, port)).await?;
+            let tcp = connect_any(bare, port).await?;
             tcp.set_nodelay(true)?;
             let stream = tls.connect(name, tcp).await?;
             Ok(TokioIo::new(stream))
@@ -133,5 +133,125 @@ fn connector(
     })
 }
 
+/// How long one address of a name with several may take to accept, so a dead replica's address
+/// (often silent in a cluster) leaves time to try the next within [`CONNECT_TIMEOUT`].
+pub const ADDRESS_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Connects to `host` (a name or an address): a name with several addresses (a headless
+/// Service over the control-plane replicas) is tried from a random one onwards, so clients
+/// spread over the replicas and pass over a dead one.
+async fn connect_any(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    connect_first(&addrs, random()).await.map_err(|err| {
+        err.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{host} resolves to no address"),
+            )
+        })
+    })
+}
+
+/// The first of `addrs`, from `start` on, that accepts; else the last error (`None`: no
+/// address at all).
+async fn connect_first(
+    addrs: &[std::net::SocketAddr],
+    start: u64,
+) -> Result<TcpStream, Option<std::io::Error>> {
+    let mut last = None;
+    for i in spread(addrs.len(), start) {
+        let attempt = TcpStream::connect(addrs[i]);
+        let result = if addrs.len() > 1 {
+            tokio::time::timeout(ADDRESS_TIMEOUT, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("{} did not accept within {ADDRESS_TIMEOUT:?}", addrs[i]),
+                    ))
+                })
+        } else {
+            attempt.await
+        };
+        match result {
+            Ok(tcp) => return Ok(tcp),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last)
+}
+
+/// Indices `0..n` starting at `start % n` and wrapping around.
+fn spread(n: usize, start: u64) -> impl Iterator<Item = usize> {
+    let first = usize::try_from(start).unwrap_or(0) % n.max(1);
+    (0..n).map(move |i| (first + i) % n)
+}
+
+/// Differs on every call (std seeds each `RandomState` afresh), which is all a spread needs.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
 /// How long a dial waits for TCP and TLS before reporting the control plane unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_visits_every_address_once_from_any_start() {
+        for start in 0..7 {
+            let mut seen: Vec<usize> = spread(3, start).collect();
+            assert_eq!(seen[0], usize::try_from(start).unwrap_or(0) % 3);
+            seen.sort_unstable();
+            assert_eq!(seen, [0, 1, 2]);
+        }
+        assert_eq!(spread(0, 5).count(), 0);
+    }
+
+    #[test]
+    fn starts_differ_between_calls() {
+        let starts: std::collections::BTreeSet<usize> = (0..64)
+            .map(|_| spread(3, random()).next().unwrap_or(0))
+            .collect();
+        assert_eq!(
+            starts.len(),
+            3,
+            "64 dials should start at each of 3 addresses"
+        );
+    }
+
+    /// A replica that is gone (its port refuses) is passed over, whichever address a dial
+    /// starts at.
+    #[tokio::test]
+    async fn a_dead_address_is_passed_over() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let dead_addr = dead.local_addr().expect("addr");
+        drop(dead);
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let live_addr = live.local_addr().expect("addr");
+        let accept = tokio::spawn(async move {
+            loop {
+                let _ = live.accept().await;
+            }
+        });
+        for start in 0..4 {
+            let tcp = connect_first(&[dead_addr, live_addr, dead_addr], start)
+                .await
+                .expect("connects");
+            assert_eq!(tcp.peer_addr().expect("peer"), live_addr);
+        }
+        match connect_first(&[dead_addr], 0).await {
+            Err(Some(err)) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused),
+            other => panic!("a lone dead address: {:?}", other.map(|_| ())),
+        }
+        assert!(matches!(connect_first(&[], 0).await, Err(None)));
+        accept.abort();
+    }
+}
