@@ -58,14 +58,25 @@ impl Discovery for DiscoveryService {
             }
         };
         let (identity, address) = check_hello(&hello, &self.hub.trust_domain)?;
-        let connected = self
-            .hub
-            .registry
-            .connect(&hello, identity, address, &self.hub.store)
-            .map_err(|err| {
-                tracing::error!(%err, "cannot register proxy");
-                Status::internal("cannot register the proxy; see the control plane's log")
-            })?;
+        // A shared store's write waits on etcd: off the runtime's workers. The guard is made
+        // there too, so a stream dropped while waiting still unregisters.
+        let (hub, announced) = (self.hub.clone(), hello.clone());
+        let (connected, guard) = tokio::task::spawn_blocking(move || {
+            let connected = hub
+                .registry
+                .connect(&announced, identity, address, &hub.store)?;
+            let guard = Registration {
+                hub,
+                stream: connected.stream,
+            };
+            Ok::<_, crate::store::StoreError>((connected, guard))
+        })
+        .await
+        .map_err(|_| Status::internal("the registration task failed"))?
+        .map_err(|err| {
+            tracing::error!(%err, "cannot register proxy");
+            Status::internal("cannot register the proxy; see the control plane's log")
+        })?;
         self.hub.changed();
         tracing::debug!(
             service = hello.service,
@@ -73,10 +84,6 @@ impl Discovery for DiscoveryService {
             address = hello.inbound_address,
             "proxy connected"
         );
-        let guard = Registration {
-            hub: self.hub.clone(),
-            stream: connected.stream,
-        };
         let snapshots = self.hub.subscribe();
         tokio::spawn(read_answers(
             inbound,

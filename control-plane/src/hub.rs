@@ -177,10 +177,17 @@ impl Hub {
             tokio::time::sleep(grace).await;
             // A hub that is gone has no proxies left to tell.
             let Some(hub) = hub.upgrade() else { return };
-            match hub.registry.expire(stream, &hub.store) {
-                Ok(Some(_)) => hub.changed(),
-                Ok(None) => {}
-                Err(err) => tracing::error!(%err, "cannot expire registration"),
+            let expiring = hub.clone();
+            // Waits on etcd with a shared store: off the runtime's workers.
+            let expired = tokio::task::spawn_blocking(move || {
+                expiring.registry.expire(stream, &expiring.store)
+            })
+            .await;
+            match expired {
+                Ok(Ok(Some(_))) => hub.changed(),
+                Ok(Ok(None)) => {}
+                Ok(Err(err)) => tracing::error!(%err, "cannot expire registration"),
+                Err(err) => tracing::error!(%err, "registration expiry task failed"),
             }
         };
         match tokio::runtime::Handle::try_current() {

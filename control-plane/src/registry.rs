@@ -128,39 +128,48 @@ impl Registry {
             acked: AtomicU64::new(0),
             nack: Mutex::new(None),
         });
-        let mut inner = self.lock();
-        inner.next_stream += 1;
-        let stream = inner.next_stream;
-        // One status row per proxy, not per connection: a reconnect replaces the old row.
-        inner
-            .proxies
-            .retain(|_, old| old.connected() || !old.same_proxy(&state));
-        inner.proxies.insert(stream, state.clone());
         let mut version = store.version();
-        if let Some(address) = address {
-            let key = (hello.namespace.clone(), hello.service.clone());
-            let regs = inner.services.entry(key.clone()).or_default();
-            let before = view(regs);
-            regs.push(Registration {
-                stream,
-                address,
-                identity: identity.clone(),
-                leased: false,
-            });
-            // A shared store keeps every registration, for the other replicas' proxies, even
-            // when this replica's view does not change.
-            if view(regs) != before || store.shared() {
-                // Under the registry lock: a snapshot built from version >= this one reads the
-                // registry afterwards and so includes the registration.
-                match store.register(&key, stream, address, &identity) {
-                    Ok(v) => version = v,
-                    // A shared store that is away must not keep proxies from their snapshot:
-                    // the registration is written once the store answers again.
-                    Err(err) if store.shared() => {
-                        tracing::warn!(%err, service = %key.1, "registration not yet shared")
-                    }
-                    Err(err) => return Err(err),
+        let mut share = None;
+        let stream = {
+            let mut inner = self.lock();
+            inner.next_stream += 1;
+            let stream = inner.next_stream;
+            // One status row per proxy, not per connection: a reconnect replaces the old row.
+            inner
+                .proxies
+                .retain(|_, old| old.connected() || !old.same_proxy(&state));
+            inner.proxies.insert(stream, state.clone());
+            if let Some(address) = address {
+                let key = (hello.namespace.clone(), hello.service.clone());
+                let regs = inner.services.entry(key.clone()).or_default();
+                let before = view(regs);
+                regs.push(Registration {
+                    stream,
+                    address,
+                    identity: identity.clone(),
+                    leased: false,
+                });
+                if store.shared() {
+                    // Every registration goes to a shared store, for the other replicas'
+                    // proxies, even when this replica's view does not change.
+                    share = Some((key, address));
+                } else if view(regs) != before {
+                    // Under the registry lock: a snapshot built from version >= this one reads
+                    // the registry afterwards and so includes the registration.
+                    version = store.register(&key, stream, address, &identity)?;
                 }
+            }
+            stream
+        };
+        // Written after the lock, so other proxies' connects do not queue behind etcd. The
+        // registration is in the registry already, so a snapshot from the version etcd
+        // answers with includes it.
+        if let Some((key, address)) = share {
+            match store.register(&key, stream, address, &identity) {
+                Ok(v) => version = v,
+                // A store that is away must not keep proxies from their snapshot: the
+                // registration is written once the store answers again.
+                Err(err) => tracing::warn!(%err, service = %key.1, "registration not yet shared"),
             }
         }
         Ok(Connected {
@@ -199,25 +208,17 @@ impl Registry {
     /// see changed.
     pub fn expire(&self, stream: u64, store: &Store) -> Result<Option<u64>, StoreError> {
         let mut inner = self.lock();
-        let mut changed = false;
-        let mut removed = Vec::new();
-        inner.services.retain(|key, regs| {
-            if regs.iter().any(|r| r.stream == stream && r.leased) {
-                let before = view(regs);
-                regs.retain(|r| !(r.stream == stream && r.leased));
-                changed |= view(regs) != before;
-                removed.push(key.clone());
-            }
-            !regs.is_empty()
-        });
         if store.shared() {
+            let removed = remove_leased(&mut inner, stream).1;
+            // After the lock, as in `connect`.
+            drop(inner);
             let mut version = None;
             for key in &removed {
                 version = Some(store.unregister(key, stream)?);
             }
             return Ok(version);
         }
-        if changed {
+        if remove_leased(&mut inner, stream).0 {
             return store.bump_version().map(Some);
         }
         Ok(None)
@@ -273,6 +274,23 @@ impl Registry {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         lock(&self.inner)
     }
+}
+
+/// Drops the leased registrations of `stream`: whether this replica's view changed, and the
+/// services they were of.
+fn remove_leased(inner: &mut Inner, stream: u64) -> (bool, Vec<ServiceKey>) {
+    let mut changed = false;
+    let mut removed = Vec::new();
+    inner.services.retain(|key, regs| {
+        if regs.iter().any(|r| r.stream == stream && r.leased) {
+            let before = view(regs);
+            regs.retain(|r| !(r.stream == stream && r.leased));
+            changed |= view(regs) != before;
+            removed.push(key.clone());
+        }
+        !regs.is_empty()
+    });
+    (changed, removed)
 }
 
 fn view(regs: &[Registration]) -> ServiceView {
