@@ -110,7 +110,7 @@ async fn rotate_under_load(dir: &TestDir, cps: &[&ControlPlane]) {
         || async { weir_tests::load::call(caller.outbound(), "echo").await.0 == 200 },
     )
     .await;
-    let before = ca_show(&cp);
+    let before = ca_show(cp);
     let old_root = signing_root(&before);
     assert_eq!(before["phase"], "idle");
     assert_eq!(before["roots"].as_array().map(Vec::len), Some(1));
