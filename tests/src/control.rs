@@ -144,6 +144,21 @@ impl ControlPlane {
         self.weirctl_ok(&["apply", "-f", path.to_str().expect("utf-8 path")])
     }
 
+    /// A workload token for `default/SA`, written to `DIR/SA.token`; returns that path.
+    pub fn token_file(&self, dir: &Path, service_account: &str) -> String {
+        let token = self.weirctl_ok(&[
+            "token",
+            "create",
+            "--namespace",
+            "default",
+            "--service-account",
+            service_account,
+        ]);
+        let path = dir.join(format!("{service_account}.token"));
+        std::fs::write(&path, token.trim()).expect("write token");
+        path.to_str().expect("utf-8").to_owned()
+    }
+
     /// `weirctl …` that must succeed; returns stdout.
     pub fn weirctl_ok(&self, args: &[&str]) -> String {
         let out = self.weirctl(args);

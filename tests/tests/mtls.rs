@@ -209,19 +209,7 @@ async fn certificates_from_the_control_plane_rotate_under_load_without_a_failed_
             &["--cert-ttl", "3s"],
         )
         .await;
-        let token = |sa: &str| {
-            let t = cp.weirctl_ok(&[
-                "token",
-                "create",
-                "--namespace",
-                "default",
-                "--service-account",
-                sa,
-            ]);
-            let path = dir.join(&format!("{sa}.token"));
-            std::fs::write(&path, t.trim()).expect("write token");
-            path.to_str().expect("utf-8").to_owned()
-        };
+        let token = |sa: &str| cp.token_file(dir.path(), sa);
         let (echo_token, orders_token) = (token("echo"), token("orders"));
         let app = apps::http::start("app").await;
         let meshed = |name: &str, token: &str| {

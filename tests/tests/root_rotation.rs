@@ -77,19 +77,7 @@ async fn rotate_under_load(dir: &TestDir, cps: &[&ControlPlane]) {
     let (first, last) = (cps[0], cps[cps.len() - 1]);
     let via = |step: usize| cps[step % cps.len()];
     let cp = first;
-    let token = |sa: &str| {
-        let t = cp.weirctl_ok(&[
-            "token",
-            "create",
-            "--namespace",
-            "default",
-            "--service-account",
-            sa,
-        ]);
-        let path = dir.join(&format!("{sa}.token"));
-        std::fs::write(&path, t.trim()).expect("write token");
-        path.to_str().expect("utf-8").to_owned()
-    };
+    let token = |sa: &str| cp.token_file(dir.path(), sa);
     let app = apps::http::start("app").await;
     let meshed = |name: &str, token: &str, cp: &ControlPlane| {
         Proxy::builder(name, dir.path())
