@@ -11,6 +11,7 @@ use weir_proto::admin::v1::admin_server::Admin;
 
 use crate::hub::Hub;
 use crate::identity::Authority;
+use crate::status::SharedProxy;
 use crate::store::{Object, StoreError, TokenRecord};
 
 /// Lifetime of a workload token when the request leaves it at 0 (`weirctl token create`
@@ -56,6 +57,29 @@ impl AdminService {
                 Status::internal("store task failed; see the control plane's log")
             })?
             .map_err(status)
+    }
+}
+
+/// How long `status` waits for the other replicas' proxies before answering with its own.
+const REMOTE_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl AdminService {
+    /// The other replicas' proxies from the shared store, or none and a warning saying why.
+    async fn remote_proxies(&self) -> (Vec<SharedProxy>, String) {
+        let hub = self.hub.clone();
+        let read = tokio::task::spawn_blocking(move || hub.store.remote_proxies());
+        let failed = match tokio::time::timeout(REMOTE_STATUS_TIMEOUT, read).await {
+            Ok(Ok(Ok(rows))) => return (rows, String::new()),
+            Ok(Ok(Err(err))) => err.to_string(),
+            Ok(Err(err)) => format!("status read failed: {err}"),
+            Err(_) => format!("the store did not answer within {REMOTE_STATUS_TIMEOUT:?}"),
+        };
+        tracing::warn!(err = failed, "status lists only this replica's proxies");
+        let warning = format!(
+            "only the proxies connected to replica {} are listed; the other replicas' are unknown: {failed}",
+            self.hub.replica
+        );
+        (Vec::new(), warning)
     }
 }
 
@@ -266,44 +290,24 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let mut proxies: Vec<pb::ProxyStatus> = self
+        let replica = self.hub.replica.clone();
+        let local = self
             .hub
             .registry
             .proxies()
-            .into_iter()
-            .map(|p| {
-                let (last_nack_version, last_nack_error) = p.last_nack().unwrap_or_default();
-                pb::ProxyStatus {
-                    identity: p.identity.clone(),
-                    service: p.service.clone(),
-                    namespace: p.namespace.clone(),
-                    inbound_address: p.inbound_address.clone(),
-                    acked_version: p.acked_version(),
-                    last_nack_version,
-                    last_nack_error,
-                    connected_since_unix_ms: p.connected_since_unix_ms,
-                    connected: p.connected(),
-                    proxy_version: p.proxy_version.clone(),
-                }
-            })
+            .iter()
+            .map(|p| p.shared(&replica))
             .collect();
-        proxies.sort_by(|a, b| {
-            (
-                &a.namespace,
-                &a.service,
-                &a.inbound_address,
-                a.connected_since_unix_ms,
-            )
-                .cmp(&(
-                    &b.namespace,
-                    &b.service,
-                    &b.inbound_address,
-                    b.connected_since_unix_ms,
-                ))
-        });
+        let (remote, warning) = if self.hub.store.shared() {
+            self.remote_proxies().await
+        } else {
+            (Vec::new(), String::new())
+        };
         Ok(Response::new(pb::StatusResponse {
             version: self.hub.store.version(),
-            proxies,
+            proxies: crate::status::merge(local, remote),
+            warning,
+            replica,
         }))
     }
 

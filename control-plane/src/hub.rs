@@ -38,6 +38,8 @@ pub struct Hub {
     pub derived: Derived,
     pub trust_domain: String,
     pub lease_grace: Duration,
+    /// This replica's name (`weirctl status` shows it beside each of its proxies).
+    pub replica: String,
     /// The mesh's roots and their generation, sent with every snapshot.
     trust: std::sync::Mutex<(bytes::Bytes, u64)>,
     changed: Notify,
@@ -49,11 +51,14 @@ pub struct Hub {
 
 impl Hub {
     /// Builds the first snapshot right away so the first stream never waits for the publisher.
+    /// `replica` names this replica unless the store claimed a name for it (etcd).
     pub fn new(
         store: Store,
+        replica: String,
         trust_domain: String,
         lease_grace: Duration,
     ) -> Result<Arc<Hub>, StoreError> {
+        let replica = store.replica().map_or(replica, str::to_string);
         let registry = Registry::default();
         let derived = Derived::default();
         let first = build(&store, &registry, &derived, (bytes::Bytes::new(), 0))?;
@@ -64,6 +69,7 @@ impl Hub {
             derived,
             trust_domain,
             lease_grace,
+            replica,
             trust: std::sync::Mutex::new((bytes::Bytes::new(), 0)),
             changed: Notify::new(),
             last_publish: std::sync::Mutex::new(None),

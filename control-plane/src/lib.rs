@@ -14,8 +14,10 @@ pub mod identity;
 pub mod kubernetes;
 pub mod leading;
 pub mod registry;
+pub mod replica;
 pub mod server;
 pub mod serving;
+pub mod status;
 pub mod store;
 pub mod token;
 

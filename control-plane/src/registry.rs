@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use weir_proto::discovery::v1::Hello;
 
+use crate::status::{SharedProxy, StatusChanges};
 use crate::store::{Store, StoreError, now_unix_ms};
 
 /// `(namespace, service)`.
@@ -19,6 +20,8 @@ pub type ServiceKey = (String, String);
 /// What one proxy said in its Hello, plus what it has answered since.
 #[derive(Debug)]
 pub struct ProxyState {
+    /// The stream this proxy connected on: keys its shared status row.
+    pub stream: u64,
     pub identity: String,
     pub service: String,
     pub namespace: String,
@@ -29,6 +32,9 @@ pub struct ProxyState {
     acked: AtomicU64,
     // Rare, so a lock is fine; ACKs stay lock-free.
     nack: Mutex<Option<(u64, String)>>,
+    /// Changed since the status writer last took this row.
+    dirty: AtomicBool,
+    changes: Arc<StatusChanges>,
 }
 
 impl ProxyState {
@@ -46,11 +52,40 @@ impl ProxyState {
     }
 
     pub fn ack(&self, version: u64) {
-        self.acked.fetch_max(version, Ordering::Relaxed);
+        if self.acked.fetch_max(version, Ordering::Relaxed) < version {
+            self.touch();
+        }
     }
 
     pub fn nack(&self, version: u64, errors: &[String]) {
         *lock(&self.nack) = Some((version, errors.join("\n")));
+        self.touch();
+    }
+
+    /// This row as the other replicas read it.
+    pub fn shared(&self, replica: &str) -> SharedProxy {
+        let (last_nack_version, last_nack_error) = self.last_nack().unwrap_or_default();
+        SharedProxy {
+            identity: self.identity.clone(),
+            service: self.service.clone(),
+            namespace: self.namespace.clone(),
+            inbound_address: self.inbound_address.clone(),
+            acked_version: self.acked_version(),
+            last_nack_version,
+            last_nack_error,
+            connected_since_unix_ms: self.connected_since_unix_ms,
+            connected: self.connected(),
+            proxy_version: self.proxy_version.clone(),
+            replica: replica.to_string(),
+        }
+    }
+
+    /// Marks the row for the next status batch; wakes the writer only on the first change
+    /// since the last batch, so a burst of ACKs costs one atomic swap each.
+    fn touch(&self) {
+        if !self.dirty.swap(true, Ordering::AcqRel) {
+            self.changes.notify.notify_one();
+        }
     }
 
     fn same_proxy(&self, other: &ProxyState) -> bool {
@@ -96,6 +131,7 @@ struct Inner {
 #[derive(Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    changes: Arc<StatusChanges>,
 }
 
 /// A registration's handle: the stream id to pass back to [`Registry::disconnect`].
@@ -117,28 +153,37 @@ impl Registry {
         address: Option<SocketAddr>,
         store: &Store,
     ) -> Result<Connected, StoreError> {
-        let state = Arc::new(ProxyState {
-            identity: identity.clone(),
-            service: hello.service.clone(),
-            namespace: hello.namespace.clone(),
-            inbound_address: hello.inbound_address.clone(),
-            proxy_version: hello.proxy_version.clone(),
-            connected_since_unix_ms: now_unix_ms(),
-            connected: AtomicBool::new(true),
-            acked: AtomicU64::new(0),
-            nack: Mutex::new(None),
-        });
         let mut version = store.version();
         let mut share = None;
-        let stream = {
+        let (stream, state) = {
             let mut inner = self.lock();
             inner.next_stream += 1;
             let stream = inner.next_stream;
+            let state = Arc::new(ProxyState {
+                stream,
+                identity: identity.clone(),
+                service: hello.service.clone(),
+                namespace: hello.namespace.clone(),
+                inbound_address: hello.inbound_address.clone(),
+                proxy_version: hello.proxy_version.clone(),
+                connected_since_unix_ms: now_unix_ms(),
+                connected: AtomicBool::new(true),
+                acked: AtomicU64::new(0),
+                nack: Mutex::new(None),
+                dirty: AtomicBool::new(false),
+                changes: self.changes.clone(),
+            });
             // One status row per proxy, not per connection: a reconnect replaces the old row.
-            inner
-                .proxies
-                .retain(|_, old| old.connected() || !old.same_proxy(&state));
+            let changes = &self.changes;
+            inner.proxies.retain(|id, old| {
+                let keep = old.connected() || !old.same_proxy(&state);
+                if !keep {
+                    changes.removed(*id);
+                }
+                keep
+            });
             inner.proxies.insert(stream, state.clone());
+            state.touch();
             if let Some(address) = address {
                 let key = (hello.namespace.clone(), hello.service.clone());
                 let regs = inner.services.entry(key.clone()).or_default();
@@ -159,7 +204,7 @@ impl Registry {
                     version = store.register(&key, stream, address, &identity)?;
                 }
             }
-            stream
+            (stream, state)
         };
         // Written after the lock, so other proxies' connects do not queue behind etcd. The
         // registration is in the registry already, so a snapshot from the version etcd
@@ -185,6 +230,7 @@ impl Registry {
         let mut inner = self.lock();
         if let Some(state) = inner.proxies.get(&stream).cloned() {
             state.connected.store(false, Ordering::Relaxed);
+            state.touch();
             // The proxy already reconnected (the new stream won the race): keep only its row.
             let replaced = inner
                 .proxies
@@ -192,6 +238,7 @@ impl Registry {
                 .any(|(id, other)| *id != stream && other.connected() && other.same_proxy(&state));
             if replaced {
                 inner.proxies.remove(&stream);
+                self.changes.removed(stream);
             }
         }
         let mut leased = false;
@@ -269,6 +316,22 @@ impl Registry {
     /// Every proxy seen since start, connected or not.
     pub fn proxies(&self) -> Vec<Arc<ProxyState>> {
         self.lock().proxies.values().cloned().collect()
+    }
+
+    /// The proxies whose status changed since the last call (each is then clean again).
+    pub fn take_changed(&self) -> Vec<Arc<ProxyState>> {
+        let inner = self.lock();
+        inner
+            .proxies
+            .values()
+            .filter(|p| p.dirty.swap(false, Ordering::AcqRel))
+            .cloned()
+            .collect()
+    }
+
+    /// Wakes the status writer and lists the rows removed since it last looked.
+    pub fn status_changes(&self) -> Arc<StatusChanges> {
+        self.changes.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

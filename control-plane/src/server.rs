@@ -61,6 +61,9 @@ pub struct ServerConfig {
     /// `--store etcd:…`: documents, tokens and the CA live in etcd, shared by every replica;
     /// `None`: the embedded store file in `data_dir`.
     pub etcd: Option<EtcdConfig>,
+    /// This replica's name (`--replica-name`); `None`: the hostname. With etcd, a name another
+    /// live replica holds gets a `-2`, `-3`… suffix.
+    pub replica: Option<String>,
 }
 
 impl ServerConfig {
@@ -77,6 +80,7 @@ impl ServerConfig {
             kubernetes: None,
             kubernetes_tokens: None,
             etcd: None,
+            replica: None,
         }
     }
 }
@@ -89,6 +93,11 @@ pub enum ServerError {
     Store { path: PathBuf, source: StoreError },
     #[error("cannot open the etcd store: {0}")]
     Etcd(StoreError),
+    #[error("cannot keep this replica's id in {path}: {source}")]
+    ReplicaId {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Identity(#[from] AuthorityError),
     #[error("cannot listen on {addr}: {source}")]
@@ -132,12 +141,21 @@ pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
         None => Some(AdminToken::load_or_create(&config.data_dir)?),
         Some(_) => None,
     };
+    let replica = config
+        .replica
+        .as_deref()
+        .map_or_else(crate::replica::default_name, crate::replica::sanitise);
     let hub = match &config.etcd {
         None => {
             let path = config.data_dir.join(STORE_FILE);
             let open = |path: &Path| -> Result<Arc<Hub>, StoreError> {
                 let store = Store::open(path)?;
-                Hub::new(store, config.trust_domain.clone(), config.lease_grace)
+                Hub::new(
+                    store,
+                    replica.clone(),
+                    config.trust_domain.clone(),
+                    config.lease_grace,
+                )
             };
             open(&path).map_err(|source| ServerError::Store {
                 path: path.clone(),
@@ -145,12 +163,25 @@ pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
             })?
         }
         Some(etcd) => {
+            let instance = crate::replica::instance_id(&config.data_dir).map_err(|source| {
+                ServerError::ReplicaId {
+                    path: config.data_dir.join(crate::replica::INSTANCE_FILE),
+                    source,
+                }
+            })?;
             let open = || -> Result<Arc<Hub>, StoreError> {
                 let store = Store::open_etcd(EtcdConfig {
                     lease_ttl: config.lease_grace,
+                    replica: replica.clone(),
+                    instance,
                     ..etcd.clone()
                 })?;
-                Hub::new(store, config.trust_domain.clone(), config.lease_grace)
+                Hub::new(
+                    store,
+                    replica.clone(),
+                    config.trust_domain.clone(),
+                    config.lease_grace,
+                )
             };
             open().map_err(ServerError::Etcd)?
         }
@@ -288,6 +319,11 @@ impl Bound {
             kubernetes_tokens,
         } = self;
         let publisher = tokio::spawn(hub.clone().publish());
+        // Weak: the writer must not keep the hub alive through shutdown.
+        let status_writer = hub.store.shared().then(|| {
+            let changes = hub.registry.status_changes();
+            tokio::spawn(crate::status::share(Arc::downgrade(&hub), changes))
+        });
         let shared = hub
             .store
             .changes()
@@ -326,6 +362,12 @@ impl Bound {
                 AdminService::new(hub.clone(), authority),
                 check,
             ));
+        tracing::info!(
+            replica = hub.replica,
+            store = hub.store.describe(),
+            "weir-control replica {}",
+            hub.replica
+        );
         tracing::info!("weir-control listening on {local_addr}");
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let closing_hub = hub.clone();
@@ -352,6 +394,9 @@ impl Bound {
             }
         };
         publisher.abort();
+        if let Some(writer) = &status_writer {
+            writer.abort();
+        }
         for task in shared.iter().chain(&shared_ca) {
             task.abort();
         }

@@ -90,6 +90,10 @@ enum Command {
         /// one replica) or `etcd:http://H1:2379,http://H2:2379,…` (shared by every replica).
         #[arg(long, env = "WEIR_STORE", default_value = "embedded", value_parser = parse_store)]
         store: StoreSpec,
+        /// This replica's name in `weirctl status` (default: the hostname, i.e. the pod name in
+        /// Kubernetes). With etcd, a name another live replica holds gets a `-2`, `-3`… suffix.
+        #[arg(long, env = "WEIR_REPLICA_NAME")]
+        replica_name: Option<String>,
     },
 }
 
@@ -195,6 +199,7 @@ fn main() -> anyhow::Result<()> {
         kubernetes_jwks,
         kubernetes_audience,
         store,
+        replica_name,
     } = parse().command;
     anyhow::ensure!(!cert_ttl.is_zero(), "--cert-ttl must be positive");
     anyhow::ensure!(
@@ -236,6 +241,7 @@ fn main() -> anyhow::Result<()> {
                 ..KubernetesConfig::new(issuer, jwks)
             }),
         etcd: store.0,
+        replica: replica_name,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use weir_policy::{Document, Errors};
 
 use crate::registry::{Registered, ServiceKey};
+use crate::status::SharedProxy;
 
 pub use etcd::EtcdConfig;
 pub use identity::TokenRecord;
@@ -220,6 +221,31 @@ impl Store {
         match &self.backend {
             Backend::Embedded(_) => Ok(Vec::new()),
             Backend::Etcd(b) => b.registrations(),
+        }
+    }
+
+    /// This replica's name as claimed in a shared store; `None` for the embedded one.
+    pub fn replica(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Embedded(_) => None,
+            Backend::Etcd(b) => Some(b.replica()),
+        }
+    }
+
+    /// Writes changed status rows of this replica's proxies (`None`: the row is gone) for the
+    /// other replicas; nothing to do for the embedded store.
+    pub fn share_status(&self, changes: &[(u64, Option<SharedProxy>)]) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Etcd(b) => b.share_status(changes),
+        }
+    }
+
+    /// The other replicas' proxies in a shared store; none for the embedded one.
+    pub fn remote_proxies(&self) -> Result<Vec<SharedProxy>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(Vec::new()),
+            Backend::Etcd(b) => b.remote_proxies(),
         }
     }
 

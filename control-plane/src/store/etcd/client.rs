@@ -58,8 +58,12 @@ impl Client {
     /// Records a revision seen in an answer (or a watch event); revisions only go up.
     pub(crate) fn saw(&self, header: Option<&pb::ResponseHeader>) {
         if let Some(rev) = header.and_then(|h| u64::try_from(h.revision).ok()) {
-            self.revision.fetch_max(rev, Ordering::AcqRel);
+            self.saw_revision(rev);
         }
+    }
+
+    pub(crate) fn saw_revision(&self, revision: u64) {
+        self.revision.fetch_max(revision, Ordering::AcqRel);
     }
 
     /// The members in the order to try them: the last one that answered first.
@@ -131,16 +135,24 @@ impl Client {
     }
 
     pub(crate) async fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse, StoreError> {
-        let response = self
-            .kv("write", |mut kv| {
-                let request = request.clone();
-                async move { kv.txn(request).await }
-            })
-            .await?;
+        let response = self.txn_unversioned(request).await?;
         if response.succeeded {
             self.saw(response.header.as_ref());
         }
         Ok(response)
+    }
+
+    /// A write that is not a version: what it writes (proxy status, replica names) is not in
+    /// any snapshot, so its revision must not make every proxy look behind.
+    pub(crate) async fn txn_unversioned(
+        &self,
+        request: pb::TxnRequest,
+    ) -> Result<pb::TxnResponse, StoreError> {
+        self.kv("write", |mut kv| {
+            let request = request.clone();
+            async move { kv.txn(request).await }
+        })
+        .await
     }
 
     pub(crate) async fn put(

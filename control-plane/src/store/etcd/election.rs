@@ -66,7 +66,7 @@ async fn take_or_read(
         request.lease = id;
     }
     let response = client
-        .txn(pb::TxnRequest {
+        .txn_unversioned(pb::TxnRequest {
             compare: vec![absent(key)],
             success: vec![put],
             failure: vec![range_op(key)],
@@ -92,7 +92,7 @@ pub(super) async fn resign(client: &Client, key: Vec<u8>, me: &str) {
         success: vec![delete_op(key.clone())],
         failure: Vec::new(),
     };
-    if let Err(err) = client.txn(request).await {
+    if let Err(err) = client.txn_unversioned(request).await {
         tracing::debug!(%err, "cannot resign the lead; it lapses with the lease");
     }
 }

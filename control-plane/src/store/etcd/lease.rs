@@ -13,16 +13,26 @@ use weir_proto::etcd::etcdserverpb as pb;
 use weir_proto::etcd::etcdserverpb::lease_client::LeaseClient;
 
 use super::client::Client;
+use super::ops::{delete_op, put_leased_op};
 use crate::store::StoreError;
+
+/// etcd's default `--max-txn-ops` is 128: batches are cut below it.
+pub(super) const MAX_TXN_OPS: usize = 100;
 
 /// The lease and what lives under it.
 #[derive(Default)]
 pub(super) struct Lease {
     id: AtomicI64,
-    /// Key → value of every registration this replica holds, to rewrite under a new lease.
+    /// Key → newest value of everything this replica holds (registrations, proxy status, its
+    /// name), to rewrite under a new lease or after a failed write.
     own: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
-    /// A write of a held registration failed (etcd was away): rewrite them all once it answers.
+    /// Keys let go of whose delete failed: deleted again by the rewrite.
+    gone: Mutex<std::collections::BTreeSet<Vec<u8>>>,
+    /// A write of a held key failed (etcd was away): rewrite them all once it answers.
     dirty: std::sync::atomic::AtomicBool,
+    /// Held by a batch write and by the rewrite, so a rewrite that read older values cannot
+    /// land after a batch that wrote newer ones.
+    pub(super) writes: tokio::sync::Mutex<()>,
 }
 
 impl Lease {
@@ -31,17 +41,19 @@ impl Lease {
     }
 
     pub(super) fn hold(&self, key: Vec<u8>, value: Vec<u8>) {
-        self.own
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, value);
+        lock(&self.gone).remove(&key);
+        lock(&self.own).insert(key, value);
     }
 
     pub(super) fn release(&self, key: &[u8]) {
-        self.own
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        lock(&self.own).remove(key);
+    }
+
+    /// A released key whose delete did not reach etcd: the rewrite deletes it.
+    pub(super) fn forget_later(&self, key: Vec<u8>) {
+        if !lock(&self.own).contains_key(&key) {
+            lock(&self.gone).insert(key);
+        }
     }
 
     pub(super) fn mark_dirty(&self) {
@@ -49,9 +61,13 @@ impl Lease {
     }
 
     fn held(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        let own = lock(&self.own);
         own.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub(super) async fn grant(client: &Client, ttl: Duration) -> Result<i64, StoreError> {
@@ -150,14 +166,34 @@ async fn renew(client: &Client, lease: &Lease, ttl: Duration) {
     rewrite(client, lease).await;
 }
 
+/// Writes the newest value of every held key (and deletes the keys let go of meanwhile) in
+/// batches. Not a version by itself: the registrations among them reach every replica's
+/// publisher through the watch.
 async fn rewrite(client: &Client, lease: &Lease) {
+    let _writing = lease.writes.lock().await;
     let id = lease.id();
-    for (key, value) in lease.held() {
-        if let Err(err) = client.put(key, value, id).await {
-            tracing::warn!(%err, "cannot write a registration under this replica's lease");
+    let gone: Vec<Vec<u8>> = lock(&lease.gone).iter().cloned().collect();
+    let mut ops: Vec<pb::RequestOp> = lease
+        .held()
+        .into_iter()
+        .map(|(key, value)| put_leased_op(&key, &value, id))
+        .collect();
+    ops.extend(gone.iter().cloned().map(delete_op));
+    for chunk in ops.chunks(MAX_TXN_OPS) {
+        let request = pb::TxnRequest {
+            compare: Vec::new(),
+            success: chunk.to_vec(),
+            failure: Vec::new(),
+        };
+        if let Err(err) = client.txn_unversioned(request).await {
+            tracing::warn!(%err, "cannot write what this replica holds under its lease");
             lease.mark_dirty();
             return;
         }
+    }
+    let mut still_gone = lock(&lease.gone);
+    for key in &gone {
+        still_gone.remove(key);
     }
 }
 

@@ -1,8 +1,10 @@
 //! The etcd backend: several `weir-control` replicas share one mesh through it.
 //!
 //! Keys live under a prefix (`/weir/` by default): `objects/KIND/NS/NAME`,
-//! `history/KIND/NS/NAME/REVISION`, `secrets/NAME`, `tokens/ID`. The snapshot version is the
-//! etcd revision, so every replica agrees on it. A write reads what it needs, then commits in one
+//! `history/KIND/NS/NAME/REVISION`, `secrets/NAME`, `tokens/ID`, and under each replica's lease
+//! `registrations/NS/SVC/REPLICA/STREAM`, `status/REPLICA/STREAM` and `replicas/REPLICA`. The
+//! snapshot version is the etcd revision of the last change proxies see (`status/` and
+//! `replicas/` are not), so every replica agrees on it. A write reads what it needs, then commits in one
 //! etcd transaction that checks nothing it read has changed since (and starts over if it has),
 //! which makes concurrent applies through different replicas as safe as applies through one.
 //!
@@ -15,6 +17,7 @@ mod lease;
 mod ops;
 mod optimistic;
 mod shared;
+mod status;
 mod watch;
 
 use std::sync::mpsc;
@@ -45,6 +48,12 @@ pub struct EtcdConfig {
     pub request_timeout: Duration,
     /// How long this replica's registrations outlive it (its etcd lease's TTL).
     pub lease_ttl: Duration,
+    /// The name this replica asks for; it gets `NAME-2`, `NAME-3`… when another live replica
+    /// holds it.
+    pub replica: String,
+    /// Tells a previous run of this replica (which may still hold the name) from another
+    /// replica; empty: a random one, so the name is never taken over.
+    pub instance: String,
 }
 
 impl EtcdConfig {
@@ -80,6 +89,8 @@ impl EtcdConfig {
             prefix: "/weir/".into(),
             request_timeout: Duration::from_secs(2),
             lease_ttl: Duration::from_secs(10),
+            replica: crate::replica::default_name(),
+            instance: String::new(),
         })
     }
 }
@@ -92,7 +103,8 @@ pub(super) struct Etcd {
     changes: tokio::sync::watch::Receiver<u64>,
     secret_changes: tokio::sync::watch::Receiver<u64>,
     lease: std::sync::Arc<lease::Lease>,
-    /// Tells this replica's registrations apart from the others'.
+    /// This replica's name (claimed under `replicas/`): tells its registrations and proxy
+    /// status apart from the others'.
     replica: String,
     /// The `leaders/DUTY` keys this replica campaigns for, to resign when it stops.
     duties: std::sync::Mutex<Vec<Vec<u8>>>,
@@ -126,18 +138,23 @@ impl Etcd {
         };
         let (tx, changes) = tokio::sync::watch::channel(0);
         let (secrets_tx, secret_changes) = tokio::sync::watch::channel(0);
-        let mut id = [0u8; 8];
-        getrandom::fill(&mut id).map_err(|err| {
-            StoreError::Unavailable(format!("no randomness for a replica id: {err}"))
-        })?;
-        let store = Etcd {
+        let instance = if config.instance.is_empty() {
+            let mut id = [0u8; 16];
+            getrandom::fill(&mut id).map_err(|err| {
+                StoreError::Unavailable(format!("no randomness for a replica id: {err}"))
+            })?;
+            hex::encode(id)
+        } else {
+            config.instance.clone()
+        };
+        let mut store = Etcd {
             client,
             prefix: config.prefix,
             runtime: Some(runtime),
             changes,
             secret_changes,
             lease: Default::default(),
-            replica: hex::encode(id),
+            replica: String::new(),
             duties: Default::default(),
         };
         // Fails here, at start, when no member answers: better than a server that looks up but
@@ -159,10 +176,12 @@ impl Etcd {
         let ttl = config.lease_ttl;
         let id = store.block(move |c, _| async move { lease::grant(&c, ttl).await })?;
         lease::install(&store.lease, id);
+        store.replica = store.claim(&crate::replica::sanitise(&config.replica), &instance)?;
         if let Some(runtime) = &store.runtime {
             runtime.spawn(watch::run(
                 store.client.clone(),
                 store.prefix.clone(),
+                store.unversioned(),
                 from,
                 watch::Targets {
                     all: tx,
@@ -217,6 +236,11 @@ impl Etcd {
 
     fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse, StoreError> {
         self.block(move |c, _| async move { c.txn(request).await })
+    }
+
+    /// This replica's name, unique among the live replicas.
+    pub(super) fn replica(&self) -> &str {
+        &self.replica
     }
 
     pub(super) fn describe(&self) -> String {

@@ -46,6 +46,29 @@ pub(super) fn put_op(key: &[u8], value: &[u8]) -> pb::RequestOp {
     }
 }
 
+/// A put that lives under `lease` (0: none).
+pub(super) fn put_leased_op(key: &[u8], value: &[u8], lease: i64) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(request_op::Request::RequestPut(pb::PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            lease,
+            ..Default::default()
+        })),
+    }
+}
+
+/// The key holds exactly `value`.
+pub(super) fn value_is(key: &[u8], value: &[u8]) -> pb::Compare {
+    pb::Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Value as i32,
+        key: key.to_vec(),
+        target_union: Some(compare::TargetUnion::Value(value.to_vec())),
+        range_end: Vec::new(),
+    }
+}
+
 pub(super) fn delete_op(key: Vec<u8>) -> pb::RequestOp {
     pb::RequestOp {
         request: Some(request_op::Request::RequestDeleteRange(

@@ -1,5 +1,7 @@
 //! Watches the store's prefix so a change written through any replica reaches this one's
-//! proxies: each batch of events moves the version forward and tells the publisher.
+//! proxies: each batch of events moves the version forward and tells the publisher. Events on
+//! keys that are in no snapshot (proxy status, replica names) move nothing: otherwise a status
+//! write would be a new version, which every proxy ACKs, which is a status write…
 //!
 //! The watch asks etcd to end it when its member loses the leader (`hasleader`), so a member cut
 //! off from the cluster does not leave this replica silently stale: it reconnects to another.
@@ -24,7 +26,13 @@ pub(super) struct Targets {
 }
 
 /// Runs until the receiver side is gone, resuming after the last revision it saw.
-pub(super) async fn run(client: Client, prefix: String, from: u64, targets: Targets) {
+pub(super) async fn run(
+    client: Client,
+    prefix: String,
+    ignore: Vec<Vec<u8>>,
+    from: u64,
+    targets: Targets,
+) {
     let tx = &targets.all;
     let mut next = from + 1;
     let mut backoff = RETRY_MIN;
@@ -34,7 +42,7 @@ pub(super) async fn run(client: Client, prefix: String, from: u64, targets: Targ
             if tx.is_closed() {
                 return;
             }
-            match watch_once(&client, channel, &prefix, &mut next, &targets).await {
+            match watch_once(&client, channel, &prefix, &ignore, &mut next, &targets).await {
                 Ok(()) => return,
                 Err(reason) => {
                     progressed |= reason.progressed;
@@ -68,6 +76,7 @@ async fn watch_once(
     client: &Client,
     channel: tonic::transport::Channel,
     prefix: &str,
+    ignore: &[Vec<u8>],
     next: &mut u64,
     targets: &Targets,
 ) -> Result<(), Ended> {
@@ -123,15 +132,18 @@ async fn watch_once(
                 progressed,
             ));
         }
-        client.saw(response.header.as_ref());
-        if let Some(rev) = response
-            .events
-            .iter()
-            .filter_map(|e| e.kv.as_ref())
-            .map(|kv| kv.mod_revision)
-            .max()
-            .and_then(|rev| u64::try_from(rev).ok())
-        {
+        let revisions = |relevant_only: bool| {
+            response
+                .events
+                .iter()
+                .filter_map(|e| e.kv.as_ref())
+                .filter(|kv| !relevant_only || !ignore.iter().any(|p| kv.key.starts_with(p)))
+                .map(|kv| kv.mod_revision)
+                .max()
+                .and_then(|rev| u64::try_from(rev).ok())
+        };
+        let relevant = revisions(true);
+        if let Some(rev) = revisions(false) {
             *next = rev + 1;
             let secret_changed = response
                 .events
@@ -141,7 +153,21 @@ async fn watch_once(
             if secret_changed {
                 targets.secrets.send_replace(rev);
             }
-            if tx.send(client.revision().max(rev)).is_err() {
+        }
+        if response.created {
+            // After a reconnect (or a compaction) changes may have been missed: the version
+            // moves to now and the publisher reads the whole state again.
+            let before = client.revision();
+            client.saw(response.header.as_ref());
+            if client.revision() > before && tx.send(client.revision()).is_err() {
+                return Ok(());
+            }
+        }
+        // Not the header's revision: it counts writes that are no version (ignored keys), and
+        // a progress notification has nothing else.
+        if let Some(rev) = relevant {
+            client.saw_revision(rev);
+            if tx.send(client.revision()).is_err() {
                 return Ok(());
             }
         }
