@@ -18,6 +18,10 @@ pub async fn status(target: &Target, format: ListFormat) -> Outcome {
         .await
         .map_err(|status| target.explain(&status))?
         .into_inner();
+    // On stderr, so scripts reading the table or the JSON are not thrown off.
+    if !response.warning.is_empty() {
+        eprintln!("warning: {}", response.warning);
+    }
     match format {
         ListFormat::Table => output::emit(&status_table(&response))?,
         ListFormat::Json => output::emit(&status_json(&response)?)?,
@@ -26,7 +30,8 @@ pub async fn status(target: &Target, format: ListFormat) -> Outcome {
 }
 
 /// A header with the current version, then one row per proxy. ACKED is marked `*` when the proxy
-/// is behind, the usual sign of a NACK or a slow proxy.
+/// is behind, the usual sign of a NACK or a slow proxy. REPLICA comes last: scripts read ACKED
+/// as the third column.
 fn status_table(response: &StatusResponse) -> String {
     let connected = response.proxies.iter().filter(|p| p.connected).count();
     let mut out = format!(
@@ -37,7 +42,14 @@ fn status_table(response: &StatusResponse) -> String {
     if response.proxies.is_empty() {
         return out;
     }
-    let mut table = Table::new(&["IDENTITY", "ADDRESS", "ACKED", "NACK", "CONNECTED SINCE"]);
+    let mut table = Table::new(&[
+        "IDENTITY",
+        "ADDRESS",
+        "ACKED",
+        "NACK",
+        "CONNECTED SINCE",
+        "REPLICA",
+    ]);
     for p in &response.proxies {
         let acked = if p.acked_version < response.version {
             format!("{}*", p.acked_version)
@@ -55,6 +67,7 @@ fn status_table(response: &StatusResponse) -> String {
             acked,
             nack(p),
             since,
+            or_dash(&p.replica),
         ]);
     }
     out.push_str(&table.render(MAX_WIDTH));
@@ -108,10 +121,19 @@ fn status_json(response: &StatusResponse) -> anyhow::Result<String> {
                 "connected": p.connected,
                 "connectedSince": p.connected.then(|| output::timestamp(p.connected_since_unix_ms)),
                 "proxyVersion": p.proxy_version,
+                "replica": p.replica,
             })
         })
         .collect();
-    output::pretty_json(&serde_json::json!({ "version": response.version, "proxies": proxies }))
+    let mut out = serde_json::json!({
+        "version": response.version,
+        "replica": response.replica,
+        "proxies": proxies,
+    });
+    if !response.warning.is_empty() {
+        out["warning"] = response.warning.clone().into();
+    }
+    output::pretty_json(&out)
 }
 
 // === endpoints ===
@@ -212,6 +234,7 @@ mod tests {
             acked_version: 4,
             connected,
             connected_since_unix_ms: 1_740_830_645_000,
+            replica: "weir-control-1".into(),
             ..Default::default()
         }
     }
@@ -229,6 +252,7 @@ mod tests {
         let response = StatusResponse {
             version: 5,
             proxies: vec![nacked, proxy("", false)],
+            ..Default::default()
         };
         let text = status_table(&response);
         let mut lines = text.lines();
@@ -245,6 +269,11 @@ mod tests {
         assert!(text.contains("payments.shop"));
         assert!(text.contains("disconnected"));
         assert!(text.contains("2025-03-01T12:04:05Z"));
+        let header = text.lines().nth(1).unwrap_or_default();
+        let columns: Vec<&str> = header.split_whitespace().collect();
+        assert_eq!(columns.get(2), Some(&"ACKED"), "demo.sh reads column 3");
+        assert_eq!(columns.last(), Some(&"REPLICA"));
+        assert!(text.contains("weir-control-1"));
     }
 
     #[test]
@@ -252,12 +281,24 @@ mod tests {
         let response = StatusResponse {
             version: 4,
             proxies: vec![proxy("spiffe://weir.local/ns/shop/sa/payments", true)],
+            replica: "weir-control-0".into(),
+            ..Default::default()
         };
         let value: serde_json::Value =
             serde_json::from_str(&status_json(&response).expect("json")).expect("parse");
         assert_eq!(value["version"], 4);
+        assert_eq!(value["replica"], "weir-control-0");
         assert_eq!(value["proxies"][0]["ackedVersion"], 4);
+        assert_eq!(value["proxies"][0]["replica"], "weir-control-1");
         assert!(value["proxies"][0]["lastNack"].is_null());
+        assert!(value.get("warning").is_none());
+        let warned = StatusResponse {
+            warning: "etcd is away".into(),
+            ..response
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&status_json(&warned).expect("json")).expect("parse");
+        assert_eq!(value["warning"], "etcd is away");
     }
 
     #[test]
