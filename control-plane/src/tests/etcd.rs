@@ -123,3 +123,65 @@ fn start() -> Member {
         _dir: dir,
     }
 }
+
+/// A TCP link to the etcd member that a test can cut and mend, to take etcd away from one
+/// replica while the others still reach it. Its tasks run on the test's runtime, which must
+/// be multi-threaded: opening an etcd store blocks the thread that opens it.
+pub struct Link {
+    pub url: String,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Link {
+    pub async fn open() -> Link {
+        let member = MEMBER.get_or_init(start);
+        let target = member
+            .client_url
+            .strip_prefix("http://")
+            .expect("http URL")
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind link");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (cut, _) = tokio::sync::watch::channel(false);
+        let cut = std::sync::Arc::new(cut);
+        let state = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut = state.subscribe();
+                if *cut.borrow() {
+                    continue;
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Link { url, cut }
+    }
+
+    /// `base` (its prefix, so the same mesh) reaching the member through this link.
+    pub fn reach(&self, base: &EtcdConfig) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: vec![self.url.clone()],
+            ..base.clone()
+        }
+    }
+
+    /// Drops every connection and refuses new ones until [`Link::mend`].
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn mend(&self) {
+        self.cut.send_replace(false);
+    }
+}

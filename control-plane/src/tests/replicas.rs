@@ -1,9 +1,11 @@
 //! Two replicas on one etcd store: what is applied through one reaches the proxies of the
-//! other, registrations travel between them, and a replica's registrations go when it does.
+//! other, registrations and proxy status travel between them, and a replica's registrations
+//! go when it does.
 
 use std::time::Duration;
 
-use weir_proto::discovery::v1::Snapshot;
+use weir_proto::admin::v1::{ProxyStatus, StatusResponse};
+use weir_proto::discovery::v1::{Ack, Nack, Snapshot};
 
 use super::*;
 
@@ -99,6 +101,220 @@ async fn replicas_share_documents_registrations_and_the_ca() {
     )
     .await;
     b.stop().await;
+}
+
+/// The row of `service` in a status answer.
+fn row<'a>(status: &'a StatusResponse, service: &str) -> Option<&'a ProxyStatus> {
+    status.proxies.iter().find(|p| p.service == service)
+}
+
+/// Polls `server`'s status until `check` holds for the row of `service`, for at most 5 s
+/// (status rows are written at most every second).
+async fn status_until(
+    server: &TestServer,
+    service: &str,
+    what: &str,
+    check: impl Fn(&ProxyStatus) -> bool,
+) -> StatusResponse {
+    eventually(what, || async {
+        let status = server.status().await;
+        row(&status, service).is_some_and(&check).then_some(status)
+    })
+    .await
+}
+
+async fn ack(proxy: &TestProxy, snapshot: &Snapshot) {
+    proxy
+        .send(proxy_message::Kind::Ack(Ack {
+            version: snapshot.version,
+            nonce: snapshot.nonce.clone(),
+        }))
+        .await;
+}
+
+#[tokio::test]
+async fn status_through_one_replica_lists_every_replicas_proxies() {
+    let store = Some(super::etcd::config());
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = TestServer::start_on(dir_a.path(), &store).await;
+    let b = TestServer::start_on(dir_b.path(), &store).await;
+    let (name_a, name_b) = (a.status().await.replica, b.status().await.replica);
+    // Both run on this host: the second one gets the hostname with a suffix.
+    assert_eq!(name_a, crate::replica::default_name());
+    assert_eq!(name_b, format!("{name_a}-2"));
+
+    let mut payments = TestProxy::connect(&a.url, hello("payments", "10.0.3.7:4143"))
+        .await
+        .expect("stream to A");
+    let first_a = payments.next().await;
+    ack(&payments, &first_a).await;
+    let mut orders = TestProxy::connect(&b.url, hello("orders", ""))
+        .await
+        .expect("stream to B");
+    let first_b = orders.next().await;
+    ack(&orders, &first_b).await;
+
+    let status = status_until(&a, "orders", "B's proxy and its ACK in A's status", |p| {
+        p.acked_version == first_b.version
+    })
+    .await;
+    let (on_a, on_b) = (
+        row(&status, "payments").expect("A's proxy"),
+        row(&status, "orders").expect("B's proxy"),
+    );
+    assert_eq!(on_a.replica, name_a);
+    assert_eq!(on_a.acked_version, first_a.version);
+    assert_eq!(on_b.replica, name_b);
+    assert!(on_b.connected);
+    assert_eq!(on_b.proxy_version, "test");
+    assert_eq!(on_b.identity, "spiffe://weir.local/ns/shop/sa/orders");
+    assert_eq!(status.proxies.len(), 2, "{:?}", status.proxies);
+
+    // A new version: B's proxy ACKs it and A shows that within the flush interval.
+    a.apply(POLICY).await.expect("apply through A");
+    let applied = until(&mut orders, "the policy", Duration::from_secs(5), |s| {
+        s.documents.iter().any(|d| d.kind == "ServicePolicy")
+    })
+    .await;
+    ack(&orders, &applied).await;
+    let status = status_until(&a, "orders", "B's new ACK in A's status", |p| {
+        p.acked_version == applied.version
+    })
+    .await;
+    // Status rows written since the apply are no new version: nobody looks behind.
+    assert_eq!(status.version, applied.version);
+    assert_eq!(b.status().await.version, applied.version);
+
+    // A NACK on B shows on A, with its errors.
+    orders
+        .send(proxy_message::Kind::Nack(Nack {
+            version: applied.version,
+            nonce: applied.nonce.clone(),
+            errors: vec!["ServicePolicy shop/payments: no".into(), "second".into()],
+        }))
+        .await;
+    let status = status_until(&a, "orders", "B's NACK in A's status", |p| {
+        p.last_nack_version == applied.version
+    })
+    .await;
+    let nacked = row(&status, "orders").expect("B's proxy");
+    assert_eq!(
+        nacked.last_nack_error,
+        "ServicePolicy shop/payments: no\nsecond"
+    );
+    assert_eq!(nacked.replica, name_b);
+
+    // B's proxy goes: A shows it disconnected, still at B.
+    drop(orders);
+    status_until(&a, "orders", "B's proxy disconnected in A's status", |p| {
+        !p.connected && p.replica == name_b
+    })
+    .await;
+
+    // A restarted on the same data directory gets its name back, though its old lease still
+    // holds it.
+    drop(payments);
+    a.stop().await;
+    let a = TestServer::start_on(dir_a.path(), &store).await;
+    assert_eq!(a.status().await.replica, name_a);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_without_the_store_lists_own_proxies_and_says_so() {
+    let base = super::etcd::config();
+    let link = super::etcd::Link::open().await;
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = TestServer::start_on(dir_a.path(), &Some(base.clone())).await;
+    // B reaches etcd through the link only; its lease outlives the cut below.
+    let b = TestServer::start_on_with(dir_b.path(), &Some(link.reach(&base)), |c| {
+        c.lease_grace = Duration::from_secs(20)
+    })
+    .await;
+    let mut orders = TestProxy::connect(&b.url, hello("orders", ""))
+        .await
+        .expect("stream to B");
+    let first = orders.next().await;
+    ack(&orders, &first).await;
+    status_until(&a, "orders", "B's proxy in A's status", |p| {
+        p.acked_version == first.version
+    })
+    .await;
+
+    link.cut();
+    orders
+        .send(proxy_message::Kind::Nack(Nack {
+            version: first.version,
+            nonce: first.nonce.clone(),
+            errors: vec!["while etcd was away".into()],
+        }))
+        .await;
+    // B still answers, with its own proxy, and says the others are unknown.
+    let status = status_until(&b, "orders", "the NACK in B's own status", |p| {
+        p.last_nack_version == first.version
+    })
+    .await;
+    assert!(
+        status.warning.contains("unknown"),
+        "warning: {:?}",
+        status.warning
+    );
+    let status = a.status().await;
+    assert!(status.warning.is_empty(), "{:?}", status.warning);
+    assert_eq!(row(&status, "orders").map(|p| p.last_nack_version), Some(0));
+
+    // Once etcd answers again the lease rewrite brings the newest row to the others.
+    link.mend();
+    eventually_within(
+        "B's NACK in A's status after the cut",
+        Duration::from_secs(15),
+        || async {
+            let status = a.status().await;
+            row(&status, "orders")
+                .is_some_and(|p| p.last_nack_error == "while etcd was away")
+                .then_some(())
+        },
+    )
+    .await;
+    let status = eventually("B's status without a warning", || async {
+        let status = b.status().await;
+        status.warning.is_empty().then_some(status)
+    })
+    .await;
+    assert_eq!(row(&status, "orders").map(|p| p.connected), Some(true));
+    drop(orders);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_status_names_this_replica() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(dir.path(), |c| c.replica = Some("cp one".into())).await;
+    let mut proxy = TestProxy::connect(&server.url, hello("payments", "10.0.3.7:4143"))
+        .await
+        .expect("stream");
+    let first = proxy.next().await;
+    ack(&proxy, &first).await;
+    let status = eventually("the ACK", || async {
+        let status = server.status().await;
+        row(&status, "payments")
+            .is_some_and(|p| p.acked_version == first.version)
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(status.replica, "cp-one");
+    assert_eq!(status.proxies[0].replica, "cp-one");
+    assert!(status.warning.is_empty());
+    drop(proxy);
+    server.stop().await;
 }
 
 /// A rotation step run through one replica is taken up by the other: its CA signs with the new
