@@ -1,7 +1,8 @@
 //! This replica's etcd lease: the registrations of the proxies connected to it live under it,
 //! so when the replica dies (no keep-alive within the TTL) etcd drops them and every other
-//! replica's watch sees the endpoints go. A lease lost while etcd was unreachable is replaced
-//! and the registrations are written again under the new one.
+//! replica's watch sees the endpoints go; its proxies' status rows and its name go too. A lease
+//! lost while etcd was unreachable is replaced and everything held is written again under the
+//! new one, with the newest values (also after a failed write, once etcd answers).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
