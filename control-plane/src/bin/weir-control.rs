@@ -9,6 +9,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use weir_control::identity::jwt::{self, JwksLocation, KubernetesConfig};
+use weir_control::store::etcd::{ClientCert, EtcdConfig, EtcdTls};
 use weir_control::{CaFiles, ServerConfig};
 
 #[derive(Parser)]
@@ -94,18 +95,29 @@ enum Command {
         /// Kubernetes). With etcd, a name another live replica holds gets a `-2`, `-3`… suffix.
         #[arg(long, env = "WEIR_REPLICA_NAME")]
         replica_name: Option<String>,
+        /// CA certificates (PEM) that verify etcd's serving certificates, for
+        /// `--store etcd:https://…`. Without it, the system's roots.
+        #[arg(long, env = "WEIR_ETCD_CA")]
+        etcd_ca: Option<PathBuf>,
+        /// Client certificate (PEM, optionally followed by its chain) for an etcd started with
+        /// --client-cert-auth.
+        #[arg(long, env = "WEIR_ETCD_CERT")]
+        etcd_cert: Option<PathBuf>,
+        /// Private key (unencrypted PEM) of --etcd-cert.
+        #[arg(long, env = "WEIR_ETCD_KEY")]
+        etcd_key: Option<PathBuf>,
     },
 }
 
 /// `None`: the embedded store.
 #[derive(Debug, Clone)]
-struct StoreSpec(Option<weir_control::store::EtcdConfig>);
+struct StoreSpec(Option<EtcdConfig>);
 
 fn parse_store(text: &str) -> Result<StoreSpec, String> {
     if text == "embedded" {
         return Ok(StoreSpec(None));
     }
-    weir_control::store::EtcdConfig::parse(text).map(|c| StoreSpec(Some(c)))
+    EtcdConfig::parse(text).map(|c| StoreSpec(Some(c)))
 }
 
 /// Flags of `serve` that only work together: (flag, the flags it needs). Checked after parsing
@@ -118,7 +130,12 @@ const REQUIRES: &[(&str, &[&str])] = &[
     ("trust_bundle", &["ca_cert", "ca_key"]),
     ("kubernetes_issuer", &["kubernetes_jwks"]),
     ("kubernetes_jwks", &["kubernetes_issuer"]),
+    ("etcd_cert", &["etcd_key"]),
+    ("etcd_key", &["etcd_cert"]),
 ];
+
+/// Flags of `serve` for TLS to etcd, refused unless `--store` lists `https://` endpoints.
+const ETCD_TLS: &[&str] = &["etcd_ca", "etcd_cert", "etcd_key"];
 
 /// Parses the command line; usage errors exit 2 with clap's message and usage.
 fn parse() -> Cli {
@@ -126,56 +143,116 @@ fn parse() -> Cli {
     let matches = cli.get_matches_mut();
     if let Some(("serve", serve_matches)) = matches.subcommand()
         && let Some(serve) = cli.find_subcommand_mut("serve")
-        && let Some(message) = missing_requirements(serve, serve_matches)
     {
-        serve
-            .error(ErrorKind::MissingRequiredArgument, message)
-            .exit();
+        let given = Given {
+            serve,
+            matches: serve_matches,
+        };
+        if let Some(message) = missing_requirements(&given) {
+            serve
+                .error(ErrorKind::MissingRequiredArgument, message)
+                .exit();
+        }
+        if let Some(message) = etcd_tls_without_https(&given) {
+            serve.error(ErrorKind::ArgumentConflict, message).exit();
+        }
     }
     Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
 }
 
-/// One line per flag of [`REQUIRES`] given without what it needs, e.g. `--trust-bundle (set by
-/// WEIR_CA_TRUST_BUNDLE) requires --ca-cert and --ca-key`; `None` when nothing is missing.
-fn missing_requirements(serve: &clap::Command, matches: &ArgMatches) -> Option<String> {
-    // Defaults never count as given, as with clap's own `requires`.
-    let given = |id: &str| {
-        matches
+/// The flags of `serve` as given, to name them in usage errors.
+struct Given<'a> {
+    serve: &'a clap::Command,
+    matches: &'a ArgMatches,
+}
+
+impl Given<'_> {
+    /// Where `id` came from; defaults never count as given, as with clap's own `requires`.
+    fn source(&self, id: &str) -> Option<ValueSource> {
+        self.matches
             .value_source(id)
             .filter(|source| *source != ValueSource::DefaultValue)
-    };
-    let arg = |id: &str| serve.get_arguments().find(|arg| arg.get_id() == id);
-    let flag = |id: &str| match arg(id).and_then(clap::Arg::get_long) {
-        Some(long) => format!("--{long}"),
-        None => id.to_string(),
-    };
+    }
+
+    fn arg(&self, id: &str) -> Option<&clap::Arg> {
+        self.serve.get_arguments().find(|arg| arg.get_id() == id)
+    }
+
+    /// `--ca-cert`.
+    fn flag(&self, id: &str) -> String {
+        match self.arg(id).and_then(clap::Arg::get_long) {
+            Some(long) => format!("--{long}"),
+            None => id.to_string(),
+        }
+    }
+
+    /// `--ca-cert (set by WEIR_CA_CERT)` when the environment gave it, else `--ca-cert`.
+    fn named(&self, id: &str) -> String {
+        let env = self
+            .arg(id)
+            .and_then(clap::Arg::get_env)
+            .filter(|_| self.source(id) == Some(ValueSource::EnvVariable));
+        match env {
+            Some(var) => format!("{} (set by {})", self.flag(id), var.to_string_lossy()),
+            None => self.flag(id),
+        }
+    }
+}
+
+/// One line per flag of [`REQUIRES`] given without what it needs, e.g. `--trust-bundle (set by
+/// WEIR_CA_TRUST_BUNDLE) requires --ca-cert and --ca-key`; `None` when nothing is missing.
+fn missing_requirements(given: &Given) -> Option<String> {
     let mut lines = Vec::new();
     for (id, needs) in REQUIRES {
-        let Some(source) = given(id) else {
+        if given.source(id).is_none() {
             continue;
-        };
+        }
         let missing: Vec<String> = needs
             .iter()
-            .filter(|need| given(need).is_none())
-            .map(|need| flag(need))
+            .filter(|need| given.source(need).is_none())
+            .map(|need| given.flag(need))
             .collect();
         if missing.is_empty() {
             continue;
         }
-        let env = arg(id)
-            .and_then(clap::Arg::get_env)
-            .filter(|_| source == ValueSource::EnvVariable);
-        let set_by = match env {
-            Some(var) => format!(" (set by {})", var.to_string_lossy()),
-            None => String::new(),
-        };
         lines.push(format!(
-            "{}{set_by} requires {}",
-            flag(id),
+            "{} requires {}",
+            given.named(id),
             missing.join(" and ")
         ));
     }
     (!lines.is_empty()).then(|| lines.join("\n"))
+}
+
+/// The [`ETCD_TLS`] flags given with an embedded store or `http://` etcd endpoints, which
+/// would otherwise be ignored: an operator who gave a CA expects TLS.
+fn etcd_tls_without_https(given: &Given) -> Option<String> {
+    let flags: Vec<String> = ETCD_TLS
+        .iter()
+        .filter(|id| given.source(id).is_some())
+        .map(|id| given.named(id))
+        .collect();
+    if flags.is_empty() {
+        return None;
+    }
+    let (verb, flags) = match flags.as_slice() {
+        [one] => ("is", one.clone()),
+        many => ("are", many.join(", ")),
+    };
+    let store = given.matches.get_one::<StoreSpec>("store");
+    match store.and_then(|spec| spec.0.as_ref()) {
+        Some(etcd) if etcd.https() => None,
+        Some(etcd) => Some(format!(
+            "{flags} {verb} for TLS to etcd, but {} lists http:// endpoints ({}): \
+             use https:// when etcd serves TLS, or drop the TLS flags",
+            given.named("store"),
+            etcd.endpoints.join(",")
+        )),
+        None => Some(format!(
+            "{flags} {verb} for TLS to etcd, but the store is embedded: \
+             add --store etcd:https://HOST:PORT[,https://HOST:PORT…]"
+        )),
+    }
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -200,6 +277,9 @@ fn main() -> anyhow::Result<()> {
         kubernetes_audience,
         store,
         replica_name,
+        etcd_ca,
+        etcd_cert,
+        etcd_key,
     } = parse().command;
     anyhow::ensure!(!cert_ttl.is_zero(), "--cert-ttl must be positive");
     anyhow::ensure!(
@@ -240,7 +320,16 @@ fn main() -> anyhow::Result<()> {
                 audience: kubernetes_audience,
                 ..KubernetesConfig::new(issuer, jwks)
             }),
-        etcd: store.0,
+        // `parse` makes --etcd-cert and --etcd-key come together, and only with https://.
+        etcd: store.0.map(|etcd| EtcdConfig {
+            tls: EtcdTls {
+                ca: etcd_ca,
+                client: etcd_cert
+                    .zip(etcd_key)
+                    .map(|(cert, key)| ClientCert { cert, key }),
+            },
+            ..etcd
+        }),
         replica: replica_name,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
@@ -302,13 +391,14 @@ mod tests {
     fn requirements_name_flags_of_serve() {
         let cli = Cli::command();
         let serve = cli.find_subcommand("serve").expect("serve");
-        for (id, needs) in REQUIRES {
-            for id in std::iter::once(id).chain(needs.iter()) {
-                assert!(
-                    serve.get_arguments().any(|arg| arg.get_id() == *id),
-                    "{id} is not a flag of serve"
-                );
-            }
+        let flags = REQUIRES
+            .iter()
+            .flat_map(|(id, needs)| std::iter::once(id).chain(needs.iter()));
+        for id in flags.chain(ETCD_TLS).chain(&["store"]) {
+            assert!(
+                serve.get_arguments().any(|arg| arg.get_id() == *id),
+                "{id} is not a flag of serve"
+            );
         }
     }
 

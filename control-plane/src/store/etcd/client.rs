@@ -9,6 +9,8 @@ use tonic::transport::{Channel, Endpoint};
 use weir_proto::etcd::etcdserverpb as pb;
 use weir_proto::etcd::etcdserverpb::kv_client::KvClient;
 
+use super::EtcdConfig;
+use super::tls::{self, Given};
 use crate::store::StoreError;
 
 /// How many request timeouts one call may spend going round the members.
@@ -26,24 +28,49 @@ pub(crate) struct Client {
     /// Newest etcd revision seen in any answer: the store's version.
     revision: std::sync::Arc<AtomicU64>,
     timeout: Duration,
+    /// For the hints in TLS errors.
+    tls: Given,
 }
 
 impl Client {
-    pub(crate) fn new(urls: &[String], timeout: Duration) -> Result<Client, StoreError> {
+    pub(crate) fn new(config: &EtcdConfig) -> Result<Client, StoreError> {
+        let urls = &config.endpoints;
+        let timeout = config.request_timeout;
+        let tls = if config.https() {
+            Some(
+                config
+                    .tls
+                    .client_config()
+                    .map_err(StoreError::Unavailable)?,
+            )
+        } else if !config.tls.is_empty() {
+            return Err(StoreError::Unavailable(format!(
+                "{} need https:// etcd endpoints; {} are http://",
+                config.tls.flags().join(", "),
+                urls.join(",")
+            )));
+        } else {
+            None
+        };
         let mut channels = Vec::with_capacity(urls.len());
         for url in urls {
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|err| StoreError::Unavailable(format!("etcd endpoint {url}: {err}")))?
                 .connect_timeout(timeout)
                 .tcp_nodelay(true);
-            channels.push(endpoint.connect_lazy());
+            channels.push(match &tls {
+                // The connector checks etcd's certificate against the URL's host.
+                Some(tls) => weir_proto::dial::connect_lazy(endpoint, tls.clone()),
+                None => endpoint.connect_lazy(),
+            });
         }
         Ok(Client {
-            urls: urls.into(),
+            urls: urls.as_slice().into(),
             channels: channels.into(),
             preferred: Default::default(),
             revision: Default::default(),
             timeout,
+            tls: (&config.tls).into(),
         })
     }
 
@@ -76,6 +103,11 @@ impl Client {
         })
     }
 
+    /// See [`describe`].
+    pub(crate) fn describe(&self, status: &tonic::Status) -> String {
+        describe(status, self.tls)
+    }
+
     pub(crate) fn prefer(&self, at: usize) {
         self.preferred.store(at, Ordering::Relaxed);
     }
@@ -106,7 +138,7 @@ impl Client {
                             status.message()
                         )));
                     }
-                    Ok(Err(status)) => failures.push(format!("{url}: {}", describe(&status))),
+                    Ok(Err(status)) => failures.push(format!("{url}: {}", self.describe(&status))),
                     Err(_) => failures.push(format!("{url}: no answer within {:?}", self.timeout)),
                 }
             }
@@ -195,12 +227,22 @@ fn member_unavailable(status: &tonic::Status) -> bool {
         || status.message().contains("request timed out")
 }
 
-fn describe(status: &tonic::Status) -> String {
-    let message = status.message();
-    if message.is_empty() {
-        format!("{:?}", status.code())
-    } else {
-        message.to_string()
+/// The status's message and what caused it (a gRPC status from a failed connection says only
+/// "transport error"); a TLS failure as itself, with what to check.
+fn describe(status: &tonic::Status, given: Given) -> String {
+    let source = std::error::Error::source(status);
+    if let Some(tls) = source.and_then(|err| tls::explain(err, given)) {
+        return tls;
+    }
+    let message = match status.message() {
+        "" => format!("{:?}", status.code()),
+        message => message.to_string(),
+    };
+    match source.map(tls::causes) {
+        Some(causes) if !causes.is_empty() && !message.contains(&causes) => {
+            format!("{message}: {causes}")
+        }
+        _ => message,
     }
 }
 

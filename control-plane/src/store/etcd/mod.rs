@@ -18,6 +18,7 @@ mod ops;
 mod optimistic;
 mod shared;
 mod status;
+mod tls;
 mod watch;
 
 use std::sync::mpsc;
@@ -28,6 +29,7 @@ use weir_proto::etcd::etcdserverpb as pb;
 use super::tables::Tables;
 use super::{ObjectKey, Record, ResultsChanged, StoreError, decode, display_key};
 use client::{Client, prefix_end};
+pub use tls::{ClientCert, EtcdTls};
 
 /// How often a write starts over after losing a race with another writer before giving up.
 const WRITE_ATTEMPTS: usize = 16;
@@ -54,15 +56,18 @@ pub struct EtcdConfig {
     /// Tells a previous run of this replica (which may still hold the name) from another
     /// replica; empty: a random one, so the name is never taken over.
     pub instance: String,
+    /// For `https://` endpoints (refused with `http://` ones).
+    pub tls: EtcdTls,
 }
 
 impl EtcdConfig {
-    /// `etcd:http://h1:2379,http://h2:2379`. Only `http://` for now: the endpoints are expected
-    /// on a private network or loopback.
+    /// `etcd:http://h1:2379,http://h2:2379` or `etcd:https://…`: every endpoint with the same
+    /// scheme, since one TLS configuration (see [`EtcdTls`]) serves them all.
     pub fn parse(spec: &str) -> Result<EtcdConfig, String> {
+        let usage = "etcd:http://HOST:PORT[,http://HOST:PORT…] (or https://)";
         let Some(list) = spec.strip_prefix("etcd:") else {
             return Err(format!(
-                "unknown store {spec:?}: use `embedded` or `etcd:http://HOST:PORT[,http://HOST:PORT…]`"
+                "unknown store {spec:?}: use `embedded` or `{usage}`"
             ));
         };
         let endpoints: Vec<String> = list
@@ -77,12 +82,29 @@ impl EtcdConfig {
             );
         }
         for url in &endpoints {
-            let rest = url.strip_prefix("http://").ok_or_else(|| {
-                format!("etcd endpoint {url:?} must start with http:// (TLS to etcd is not supported yet)")
-            })?;
+            let Some(rest) = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"))
+            else {
+                return Err(format!(
+                    "etcd endpoint {url:?} must start with http:// or https://"
+                ));
+            };
             if rest.is_empty() || rest.contains('/') {
-                return Err(format!("etcd endpoint {url:?} must be http://HOST:PORT"));
+                return Err(format!(
+                    "etcd endpoint {url:?} must be http://HOST:PORT or https://HOST:PORT"
+                ));
             }
+        }
+        let https = endpoints
+            .iter()
+            .filter(|url| url.starts_with("https://"))
+            .count();
+        if https != 0 && https != endpoints.len() {
+            return Err(format!(
+                "etcd endpoints {list:?} mix http:// and https://: give every member with the \
+                 same scheme (https:// when etcd serves TLS)"
+            ));
         }
         Ok(EtcdConfig {
             endpoints,
@@ -91,7 +113,15 @@ impl EtcdConfig {
             lease_ttl: Duration::from_secs(10),
             replica: crate::replica::default_name(),
             instance: String::new(),
+            tls: EtcdTls::default(),
         })
+    }
+
+    /// The endpoints are `https://` (`parse` makes them all the same scheme).
+    pub fn https(&self) -> bool {
+        self.endpoints
+            .first()
+            .is_some_and(|url| url.starts_with("https://"))
     }
 }
 
@@ -134,7 +164,7 @@ impl Etcd {
             })?;
         let client = {
             let _guard = runtime.enter();
-            Client::new(&config.endpoints, config.request_timeout)?
+            Client::new(&config)?
         };
         let (tx, changes) = tokio::sync::watch::channel(0);
         let (secrets_tx, secret_changes) = tokio::sync::watch::channel(0);

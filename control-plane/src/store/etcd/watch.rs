@@ -115,7 +115,7 @@ async fn watch_once(
     loop {
         let response = match stream.next().await {
             Some(Ok(response)) => response,
-            Some(Err(status)) => return Err(ended(status.message().to_string(), progressed)),
+            Some(Err(status)) => return Err(ended(client.describe(&status), progressed)),
             None => return Err(ended("stream closed".into(), progressed)),
         };
         progressed = true;
