@@ -3,8 +3,10 @@
 //! see only their own data.
 //!
 //! The member runs under a small shell that kills it when this process's end of its stdin
-//! closes, so it never outlives the test binary, whichever way that ends.
+//! closes, so it never outlives the test binary, whichever way that ends. [`launch`] starts
+//! other members the same way (the TLS tests' in [`super::etcd_tls`]).
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -14,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use crate::store::EtcdConfig;
 
-struct Member {
-    client_url: String,
+pub struct Member {
+    pub client_url: String,
     _child: Child,
     _dir: tempfile::TempDir,
 }
@@ -30,12 +32,17 @@ pub fn etcd_binary() -> String {
 
 /// An etcd store config with a prefix no other test uses.
 pub fn config() -> EtcdConfig {
-    let member = MEMBER.get_or_init(start);
-    let n = NEXT_PREFIX.fetch_add(1, Ordering::Relaxed);
+    let member = MEMBER.get_or_init(|| launch("http", Vec::new()));
     EtcdConfig {
-        prefix: format!("/test-{}-{n}/", std::process::id()),
+        prefix: prefix(),
         ..EtcdConfig::parse(&format!("etcd:{}", member.client_url)).expect("etcd config")
     }
+}
+
+/// A key prefix no other test of this binary uses.
+pub fn prefix() -> String {
+    let n = NEXT_PREFIX.fetch_add(1, Ordering::Relaxed);
+    format!("/test-{}-{n}/", std::process::id())
 }
 
 fn free_port() -> u16 {
@@ -60,10 +67,14 @@ pub fn healthy(port: u16) -> bool {
     answer.contains("\"health\":\"true\"")
 }
 
-fn start() -> Member {
+/// Starts a member whose client URL has `scheme` (`https` needs TLS flags in `extra`, which
+/// are added to etcd's command line), and waits until it is healthy. Health is read on a
+/// plain-HTTP metrics port, which answers the same whatever the client URL demands.
+pub fn launch(scheme: &str, extra: Vec<OsString>) -> Member {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (client, peer) = (free_port(), free_port());
-    let client_url = format!("http://127.0.0.1:{client}");
+    let (client, peer, metrics) = (free_port(), free_port(), free_port());
+    let client_url = format!("{scheme}://127.0.0.1:{client}");
+    let metrics_url = format!("http://127.0.0.1:{metrics}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let etcd = etcd_binary();
     let mut child = Command::new("sh")
@@ -78,6 +89,8 @@ fn start() -> Member {
         .args(["--listen-peer-urls", &peer_url])
         .args(["--initial-advertise-peer-urls", &peer_url])
         .args(["--initial-cluster", &format!("test={peer_url}")])
+        .args(["--listen-metrics-urls", &metrics_url])
+        .args(extra)
         .args(["--log-level", "error"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -102,7 +115,7 @@ fn start() -> Member {
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if healthy(client) {
+        if healthy(metrics) {
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {

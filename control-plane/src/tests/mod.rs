@@ -22,6 +22,7 @@ mod admin;
 mod discovery;
 mod election;
 mod etcd;
+mod etcd_tls;
 mod identity;
 mod kubernetes;
 mod kubernetes_tokens;

@@ -10,7 +10,7 @@ use weir_proto::etcd::etcdserverpb as pb;
 use weir_proto::etcd::etcdserverpb::kv_client::KvClient;
 
 use super::EtcdConfig;
-use super::tls::{self, Given};
+use super::dial::{self, Given, LastTls};
 use crate::store::StoreError;
 
 /// How many request timeouts one call may spend going round the members.
@@ -30,6 +30,8 @@ pub(crate) struct Client {
     timeout: Duration,
     /// For the hints in TLS errors.
     tls: Given,
+    /// Per member, beside `channels`.
+    last_tls: std::sync::Arc<[std::sync::Arc<LastTls>]>,
 }
 
 impl Client {
@@ -45,24 +47,28 @@ impl Client {
             )
         } else if !config.tls.is_empty() {
             return Err(StoreError::Unavailable(format!(
-                "{} need https:// etcd endpoints; {} are http://",
+                "TLS to etcd ({}) needs https:// etcd endpoints, not {}",
                 config.tls.flags().join(", "),
                 urls.join(",")
             )));
         } else {
             None
         };
+        let given = Given::from(&config.tls);
         let mut channels = Vec::with_capacity(urls.len());
+        let mut last_tls = Vec::with_capacity(urls.len());
         for url in urls {
+            let last = std::sync::Arc::new(LastTls::default());
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|err| StoreError::Unavailable(format!("etcd endpoint {url}: {err}")))?
                 .connect_timeout(timeout)
                 .tcp_nodelay(true);
             channels.push(match &tls {
                 // The connector checks etcd's certificate against the URL's host.
-                Some(tls) => weir_proto::dial::connect_lazy(endpoint, tls.clone()),
+                Some(tls) => dial::connect_lazy(endpoint, tls.clone(), given, last.clone()),
                 None => endpoint.connect_lazy(),
             });
+            last_tls.push(last);
         }
         Ok(Client {
             urls: urls.as_slice().into(),
@@ -70,7 +76,8 @@ impl Client {
             preferred: Default::default(),
             revision: Default::default(),
             timeout,
-            tls: (&config.tls).into(),
+            tls: given,
+            last_tls: last_tls.into(),
         })
     }
 
@@ -103,9 +110,13 @@ impl Client {
         })
     }
 
-    /// See [`describe`].
-    pub(crate) fn describe(&self, status: &tonic::Status) -> String {
-        describe(status, self.tls)
+    /// Why a call to the member at `url` failed; see [`describe`].
+    pub(crate) fn describe(&self, url: &str, status: &tonic::Status) -> String {
+        let last = self.urls.iter().position(|u| u == url);
+        let last_tls = last
+            .and_then(|at| self.last_tls.get(at))
+            .and_then(|l| l.get());
+        describe(status, self.tls, last_tls)
     }
 
     pub(crate) fn prefer(&self, at: usize) {
@@ -138,15 +149,23 @@ impl Client {
                             status.message()
                         )));
                     }
-                    Ok(Err(status)) => failures.push(format!("{url}: {}", self.describe(&status))),
+                    Ok(Err(status)) => {
+                        failures.push(format!("{url}: {}", self.describe(url, &status)))
+                    }
                     Err(_) => failures.push(format!("{url}: no answer within {:?}", self.timeout)),
                 }
             }
             tokio::time::sleep(ROUND_PAUSE).await;
         }
+        // Waiting for a quorum does not fix a certificate.
+        let until = if failures.iter().all(|f| f.contains(": TLS: ")) {
+            "TLS to etcd works"
+        } else {
+            "etcd has a quorum again"
+        };
         Err(StoreError::Unavailable(format!(
             "etcd store ({}) is unavailable: {what} failed on every endpoint ({}); \
-             writes are refused until etcd has a quorum again, proxies keep their last snapshot",
+             writes are refused until {until}, proxies keep their last snapshot",
             self.urls(),
             failures.join("; ")
         )))
@@ -228,22 +247,21 @@ fn member_unavailable(status: &tonic::Status) -> bool {
 }
 
 /// The status's message and what caused it (a gRPC status from a failed connection says only
-/// "transport error"); a TLS failure as itself, with what to check.
-fn describe(status: &tonic::Status, given: Given) -> String {
+/// "transport error"); a TLS failure, in the status or met by the member's latest connection
+/// (`last_tls`), as itself, with what to check.
+fn describe(status: &tonic::Status, given: Given, last_tls: Option<String>) -> String {
     let source = std::error::Error::source(status);
-    if let Some(tls) = source.and_then(|err| tls::explain(err, given)) {
+    if let Some(tls) = source
+        .and_then(|err| dial::explain(err, given))
+        .or(last_tls)
+    {
         return tls;
     }
     let message = match status.message() {
         "" => format!("{:?}", status.code()),
         message => message.to_string(),
     };
-    match source.map(tls::causes) {
-        Some(causes) if !causes.is_empty() && !message.contains(&causes) => {
-            format!("{message}: {causes}")
-        }
-        _ => message,
-    }
+    dial::causes(message, source)
 }
 
 /// The end of the key range holding every key that starts with `prefix`.

@@ -84,7 +84,7 @@ pub(super) async fn grant(client: &Client, ttl: Duration) -> Result<i64, StoreEr
                 return Ok(response.into_inner().id);
             }
             Ok(response) => failures.push(format!("{url}: {}", response.get_ref().error)),
-            Err(status) => failures.push(format!("{url}: {}", client.describe(&status))),
+            Err(status) => failures.push(format!("{url}: {}", client.describe(url, &status))),
         }
     }
     Err(StoreError::Unavailable(format!(
@@ -114,7 +114,7 @@ pub(super) async fn keep_alive(client: Client, lease: Arc<Lease>, ttl: Duration)
                 Err(status) => {
                     tracing::warn!(
                         etcd = url,
-                        reason = %client.describe(&status),
+                        reason = %client.describe(url, &status),
                         "lease keep-alive failed"
                     );
                     continue;
@@ -137,7 +137,7 @@ pub(super) async fn keep_alive(client: Client, lease: Arc<Lease>, ttl: Duration)
                     Ok(Some(Err(status))) => {
                         tracing::warn!(
                             etcd = url,
-                            reason = %client.describe(&status),
+                            reason = %client.describe(url, &status),
                             "lease keep-alive ended"
                         );
                         break;

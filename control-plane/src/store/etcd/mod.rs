@@ -12,6 +12,7 @@
 //! async client runs on a small runtime of its own and each call waits for its answer.
 
 mod client;
+mod dial;
 mod election;
 mod lease;
 mod ops;

@@ -1,13 +1,13 @@
 //! TLS to etcd (`--store etcd:https://…`): etcd's serving certificates are verified against
 //! `--etcd-ca` (or the system's roots), and `--etcd-cert`/`--etcd-key` answer its
-//! `--client-cert-auth`. Handshake failures are explained in the store's errors.
+//! `--client-cert-auth`. Dialling, and explaining failures, is in [`super::dial`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{AlertDescription, CertificateError, RootCertStore};
 
 /// The TLS files of an etcd store; read when it opens, so a bad file fails the start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -139,94 +139,4 @@ fn system_roots() -> Result<RootCertStore, String> {
         ));
     }
     Ok(roots)
-}
-
-/// What the store's TLS was given, for the hints of [`explain`].
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Given {
-    pub(super) ca: bool,
-    pub(super) client_cert: bool,
-}
-
-impl From<&EtcdTls> for Given {
-    fn from(tls: &EtcdTls) -> Given {
-        Given {
-            ca: tls.ca.is_some(),
-            client_cert: tls.client.is_some(),
-        }
-    }
-}
-
-/// The TLS failure somewhere in `err`'s source chain, with what to check, e.g. "TLS: invalid
-/// peer certificate: UnknownIssuer (etcd's certificate is not signed by a root in --etcd-ca)".
-pub(super) fn explain(err: &(dyn std::error::Error + 'static), given: Given) -> Option<String> {
-    let tls = chain(err).find_map(rustls_error)?;
-    let hint = match tls {
-        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) if given.ca => {
-            Some("etcd's certificate is not signed by a root in --etcd-ca".to_string())
-        }
-        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => Some(
-            "etcd's certificate is not signed by a system root: give --etcd-ca with its CA"
-                .to_string(),
-        ),
-        rustls::Error::InvalidCertificate(
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => Some("etcd's certificate does not name the endpoint's host".to_string()),
-        rustls::Error::AlertReceived(
-            AlertDescription::CertificateRequired | AlertDescription::BadCertificate,
-        ) if !given.client_cert => Some(
-            "etcd demands a client certificate (--client-cert-auth): give --etcd-cert and \
-             --etcd-key"
-                .to_string(),
-        ),
-        rustls::Error::AlertReceived(
-            AlertDescription::BadCertificate
-            | AlertDescription::UnknownCA
-            | AlertDescription::CertificateUnknown
-            | AlertDescription::UnsupportedCertificate
-            | AlertDescription::CertificateExpired,
-        ) => Some(
-            "etcd refused the client certificate: check --etcd-cert is signed by etcd's \
-             --trusted-ca-file and is for client authentication"
-                .to_string(),
-        ),
-        _ => None,
-    };
-    Some(match hint {
-        Some(hint) => format!("TLS: {tls} ({hint})"),
-        None => format!("TLS: {tls}"),
-    })
-}
-
-/// `err` and its sources; an `io::Error` wrapping another error counts it as its source.
-fn chain<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    let mut next = Some(err);
-    std::iter::from_fn(move || {
-        let current = next?;
-        // `io::Error::source` skips the error it wraps and returns that error's source.
-        next = match current.downcast_ref::<std::io::Error>() {
-            Some(io) => io.get_ref().map(|inner| inner as _),
-            None => current.source(),
-        };
-        Some(current)
-    })
-}
-
-fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    err.downcast_ref::<rustls::Error>()
-}
-
-/// `err`'s messages from the outside in, each once (wrappers often repeat their source's).
-pub(super) fn causes(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out: Vec<String> = Vec::new();
-    for err in chain(err) {
-        let message = err.to_string();
-        if message.is_empty() || out.iter().any(|seen| seen.contains(&message)) {
-            continue;
-        }
-        out.push(message);
-    }
-    out.join(": ")
 }

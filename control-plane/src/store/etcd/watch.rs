@@ -42,7 +42,7 @@ pub(super) async fn run(
             if tx.is_closed() {
                 return;
             }
-            match watch_once(&client, channel, &prefix, &ignore, &mut next, &targets).await {
+            match watch_once(&client, url, channel, &prefix, &ignore, &mut next, &targets).await {
                 Ok(()) => return,
                 Err(reason) => {
                     progressed |= reason.progressed;
@@ -74,6 +74,7 @@ struct Ended {
 /// One watch on one member. `Ok` only when nobody listens any more.
 async fn watch_once(
     client: &Client,
+    url: &str,
     channel: tonic::transport::Channel,
     prefix: &str,
     ignore: &[Vec<u8>],
@@ -109,13 +110,13 @@ async fn watch_once(
     let mut stream = WatchClient::new(channel)
         .watch(request)
         .await
-        .map_err(|s| ended(s.message().to_string(), false))?
+        .map_err(|status| ended(client.describe(url, &status), false))?
         .into_inner();
     let mut progressed = false;
     loop {
         let response = match stream.next().await {
             Some(Ok(response)) => response,
-            Some(Err(status)) => return Err(ended(client.describe(&status), progressed)),
+            Some(Err(status)) => return Err(ended(client.describe(url, &status), progressed)),
             None => return Err(ended("stream closed".into(), progressed)),
         };
         progressed = true;
