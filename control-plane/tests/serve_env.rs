@@ -1,5 +1,6 @@
 //! `weir-control serve` and its environment: WEIR_TRUST_BUNDLE (exported for weirctl and
-//! weir-proxy) leaves it alone, and a flag set by a variable is named in "requires" errors.
+//! weir-proxy) leaves it alone, a flag set by a variable is named in "requires" errors, and the
+//! etcd TLS flags are refused without each other or without https:// endpoints.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
@@ -131,4 +132,77 @@ fn requires_errors_name_the_environment_variable() {
         err.contains("error: --kubernetes-issuer requires --kubernetes-jwks\n"),
         "{err}"
     );
+}
+
+#[test]
+fn etcd_tls_flags_need_each_other_and_https_endpoints() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let file = data.path().join("etcd.pem");
+    let file_arg = file.to_string_lossy().into_owned();
+    let https = "etcd:https://127.0.0.1:1";
+    let http = "etcd:http://127.0.0.1:1";
+
+    let args = ["--store", https, "--etcd-cert", &file_arg];
+    let err = refused(data.path(), &[], &args);
+    assert!(
+        err.contains("error: --etcd-cert requires --etcd-key\n"),
+        "{err}"
+    );
+    let store = Path::new(https);
+    let vars = [("WEIR_STORE", store), ("WEIR_ETCD_KEY", &file)];
+    let err = refused(data.path(), &vars, &[]);
+    assert!(
+        err.contains("error: --etcd-key (set by WEIR_ETCD_KEY) requires --etcd-cert"),
+        "{err}"
+    );
+
+    let args = ["--store", http, "--etcd-ca", &file_arg];
+    let err = refused(data.path(), &[], &args);
+    assert!(
+        err.contains(
+            "error: --etcd-ca is for TLS to etcd, but --store lists http:// endpoints \
+             (http://127.0.0.1:1)"
+        ),
+        "{err}"
+    );
+    let store = Path::new(http);
+    let vars = [("WEIR_STORE", store), ("WEIR_ETCD_CA", &file)];
+    let err = refused(data.path(), &vars, &[]);
+    assert!(
+        err.contains(
+            "error: --etcd-ca (set by WEIR_ETCD_CA) is for TLS to etcd, but --store (set by \
+             WEIR_STORE) lists http:// endpoints"
+        ),
+        "{err}"
+    );
+    let args = ["--etcd-cert", &file_arg, "--etcd-key", &file_arg];
+    let err = refused(data.path(), &[], &args);
+    assert!(
+        err.contains(
+            "error: --etcd-cert, --etcd-key are for TLS to etcd, but the store is embedded"
+        ),
+        "{err}"
+    );
+
+    let err = refused(
+        data.path(),
+        &[],
+        &["--store", "etcd:http://a:1,https://b:1"],
+    );
+    assert!(err.contains("mix http:// and https://"), "{err}");
+}
+
+/// A bad TLS file stops the start with its flag and path, before etcd is dialled.
+#[test]
+fn an_unreadable_etcd_ca_fails_the_start_naming_flag_and_file() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let missing = data.path().join("missing-ca.pem");
+    let mut cmd = serve(data.path());
+    cmd.args(["--store", "etcd:https://127.0.0.1:1", "--etcd-ca"])
+        .arg(&missing);
+    let out = exit_output(&mut cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let expected = format!("--etcd-ca {}: cannot read it", missing.display());
+    assert!(stderr.contains(&expected), "{stderr}");
 }

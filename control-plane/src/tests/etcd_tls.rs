@@ -213,6 +213,40 @@ fn a_client_certificate_etcd_does_not_trust_is_refused_with_tls_and_the_endpoint
     assert!(err.contains("refused the client certificate"), "{err}");
 }
 
+/// What `weir-control serve` prints when it cannot start: the same reason, from an async
+/// caller (which must not drop the store's runtime in place).
+#[tokio::test]
+async fn the_servers_startup_error_names_tls_and_the_endpoint() {
+    let bind_error = |etcd: EtcdConfig| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = crate::ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            etcd: Some(etcd),
+            ..crate::ServerConfig::new(dir.path())
+        };
+        match crate::bind(config).await {
+            Ok(_) => panic!("the server started"),
+            Err(err) => err.to_string(),
+        }
+    };
+    let etcd = config(|pki| EtcdTls {
+        ca: Some(pki.path("ca.crt")),
+        client: None,
+    });
+    let url = etcd.endpoints[0].clone();
+    let err = bind_error(etcd).await;
+    assert!(err.starts_with("cannot open the etcd store: "), "{err}");
+    assert!(err.contains(&format!("{url}: TLS: ")), "{err}");
+    let missing = member().1.path("missing.pem");
+    let err = bind_error(config(|_| EtcdTls {
+        ca: Some(missing.clone()),
+        client: None,
+    }))
+    .await;
+    let expected = format!("--etcd-ca {}: cannot read it", missing.display());
+    assert!(err.contains(&expected), "{err}");
+}
+
 /// A file's problem is reported before anything is dialled, with its flag and path.
 #[test]
 fn unreadable_or_invalid_pem_names_the_flag_and_the_file() {

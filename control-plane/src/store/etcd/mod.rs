@@ -155,6 +155,10 @@ impl Drop for Etcd {
 
 impl Etcd {
     pub(super) fn open(config: EtcdConfig) -> Result<Etcd, StoreError> {
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|err| {
+            StoreError::Unavailable(format!("no randomness for a replica id: {err}"))
+        })?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("etcd-store")
@@ -165,7 +169,15 @@ impl Etcd {
             })?;
         let client = {
             let _guard = runtime.enter();
-            Client::new(&config)?
+            Client::new(&config)
+        };
+        let client = match client {
+            Ok(client) => client,
+            Err(err) => {
+                // Dropping a runtime blocks, and `open` may run in an async context (see Drop).
+                runtime.shutdown_background();
+                return Err(err);
+            }
         };
         let (tx, changes) = tokio::sync::watch::channel(0);
         let (secrets_tx, secret_changes) = tokio::sync::watch::channel(0);
