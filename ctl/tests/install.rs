@@ -253,7 +253,35 @@ fn overlays_build_on_the_whole_base() {
     let ha = objects(&kustomize(&deploy().join("overlays/ha")));
     let sts = statefulset(&ha);
     assert_eq!(sts["spec"]["replicas"], 3);
-    assert!(arg(&sts, "--store").starts_with("etcd:http://"));
+    assert!(arg(&sts, "--store").starts_with("etcd:https://"));
+    // TLS to etcd from the mounted Secret weir-etcd-client.
+    for (flag, file) in [
+        ("--etcd-ca", "ca.crt"),
+        ("--etcd-cert", "tls.crt"),
+        ("--etcd-key", "tls.key"),
+    ] {
+        assert_eq!(arg(&sts, flag), format!("/etc/weir/etcd/{file}"));
+    }
+    let volumes = sts
+        .pointer("/spec/template/spec/volumes")
+        .and_then(|v| v.as_array())
+        .expect("volumes");
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "weir-etcd-client"),
+        "{volumes:?}"
+    );
+    let mounts = sts
+        .pointer("/spec/template/spec/containers/0/volumeMounts")
+        .and_then(|v| v.as_array())
+        .expect("volumeMounts");
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["name"] == "etcd-client" && m["mountPath"] == "/etc/weir/etcd"),
+        "{mounts:?}"
+    );
     assert!(
         sts["spec"].get("volumeClaimTemplates").is_none(),
         "etcd holds the state"

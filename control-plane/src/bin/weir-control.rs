@@ -88,7 +88,8 @@ enum Command {
         #[arg(long, env = "WEIR_KUBERNETES_AUDIENCE", default_value = jwt::DEFAULT_AUDIENCE)]
         kubernetes_audience: String,
         /// Where documents, tokens and the CA live: `embedded` (a file in the data directory,
-        /// one replica) or `etcd:http://H1:2379,http://H2:2379,…` (shared by every replica).
+        /// one replica) or `etcd:http://H1:2379,http://H2:2379,…` (shared by every replica;
+        /// `etcd:https://…` for TLS, see --etcd-ca).
         #[arg(long, env = "WEIR_STORE", default_value = "embedded", value_parser = parse_store)]
         store: StoreSpec,
         /// This replica's name in `weirctl status` (default: the hostname, i.e. the pod name in
