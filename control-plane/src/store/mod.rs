@@ -125,7 +125,8 @@ pub struct Store {
 
 enum Backend {
     Embedded(embedded::Embedded),
-    Etcd(etcd::Etcd),
+    // Boxed: the etcd client is several times the size of a redb handle.
+    Etcd(Box<etcd::Etcd>),
 }
 
 /// Runs the same expression on whichever backend is open; both have the same methods.
@@ -151,7 +152,7 @@ impl Store {
     /// Connects to etcd and reads the current revision; fails when no endpoint answers.
     pub fn open_etcd(config: EtcdConfig) -> Result<Store, StoreError> {
         Ok(Store {
-            backend: Backend::Etcd(etcd::Etcd::open(config)?),
+            backend: Backend::Etcd(Box::new(etcd::Etcd::open(config)?)),
         })
     }
 

@@ -32,11 +32,16 @@ pub fn etcd_binary() -> String {
 
 /// An etcd store config with a prefix no other test uses.
 pub fn config() -> EtcdConfig {
-    let member = MEMBER.get_or_init(|| launch("http", Vec::new()));
+    let member = member();
     EtcdConfig {
         prefix: prefix(),
         ..EtcdConfig::parse(&format!("etcd:{}", member.client_url)).expect("etcd config")
     }
+}
+
+/// The plaintext member this test binary shares, started on first use.
+fn member() -> &'static Member {
+    MEMBER.get_or_init(|| launch("http", Vec::new()))
 }
 
 /// A key prefix no other test of this binary uses.
@@ -147,7 +152,7 @@ pub struct Link {
 
 impl Link {
     pub async fn open() -> Link {
-        let member = MEMBER.get_or_init(start);
+        let member = member();
         let target = member
             .client_url
             .strip_prefix("http://")
