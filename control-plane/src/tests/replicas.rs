@@ -42,16 +42,31 @@ fn addresses(snapshot: &Snapshot, service: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test]
-async fn replicas_share_documents_registrations_and_the_ca() {
+/// Replicas A and B on a fresh prefix of the shared etcd member, each with its own data
+/// directory.
+async fn two_replicas(
+    configure: impl Fn(&mut ServerConfig) + Copy,
+) -> (
+    Store,
+    tempfile::TempDir,
+    tempfile::TempDir,
+    TestServer,
+    TestServer,
+) {
     let store = Some(super::etcd::config());
     let (dir_a, dir_b) = (
         tempfile::tempdir().expect("tempdir"),
         tempfile::tempdir().expect("tempdir"),
     );
-    let grace = |c: &mut ServerConfig| c.lease_grace = Duration::from_secs(2);
-    let a = TestServer::start_on_with(dir_a.path(), &store, grace).await;
-    let b = TestServer::start_on_with(dir_b.path(), &store, grace).await;
+    let a = TestServer::start_on_with(dir_a.path(), &store, configure).await;
+    let b = TestServer::start_on_with(dir_b.path(), &store, configure).await;
+    (store, dir_a, dir_b, a, b)
+}
+
+#[tokio::test]
+async fn replicas_share_documents_registrations_and_the_ca() {
+    let (_, dir_a, dir_b, a, b) =
+        two_replicas(|c: &mut ServerConfig| c.lease_grace = Duration::from_secs(2)).await;
 
     let bundle = |dir: &Path| {
         std::fs::read_to_string(dir.join(crate::server::TRUST_BUNDLE_FILE)).expect("bundle")
@@ -134,13 +149,7 @@ async fn ack(proxy: &TestProxy, snapshot: &Snapshot) {
 
 #[tokio::test]
 async fn status_through_one_replica_lists_every_replicas_proxies() {
-    let store = Some(super::etcd::config());
-    let (dir_a, dir_b) = (
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-    );
-    let a = TestServer::start_on(dir_a.path(), &store).await;
-    let b = TestServer::start_on(dir_b.path(), &store).await;
+    let (store, dir_a, _dir_b, a, b) = two_replicas(|_| {}).await;
     let (name_a, name_b) = (a.status().await.replica, b.status().await.replica);
     // Both run on this host: the second one gets the hostname with a suffix.
     assert_eq!(name_a, crate::replica::default_name());
@@ -325,13 +334,7 @@ async fn a_rotation_through_one_replica_is_taken_up_by_the_other() {
     use super::identity::{ORDERS, csr};
     use super::rotation::{root, signed_by};
 
-    let store = Some(super::etcd::config());
-    let (dir_a, dir_b) = (
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-    );
-    let a = TestServer::start_on(dir_a.path(), &store).await;
-    let b = TestServer::start_on(dir_b.path(), &store).await;
+    let (_, _dir_a, dir_b, a, b) = two_replicas(|_| {}).await;
     let (token, _) = a.create_token("shop", "orders", 0).await;
     let mut orders = TestProxy::connect(&b.url, hello("orders", ""))
         .await

@@ -13,7 +13,7 @@ use weir_proto::etcd::etcdserverpb as pb;
 
 use super::client::Client;
 use super::lease::Lease;
-use super::ops::{absent, delete_op, holds, put_op, range_op};
+use super::ops::{absent, delete_op, holds, put_leased_op, range_op};
 
 /// How often a replica checks whether it leads, or can take the lead.
 pub(super) const POLL: Duration = Duration::from_secs(1);
@@ -61,10 +61,7 @@ async fn take_or_read(
     me: &str,
 ) -> Result<bool, crate::store::StoreError> {
     let id = lease.id();
-    let mut put = put_op(key, me.as_bytes());
-    if let Some(pb::request_op::Request::RequestPut(request)) = &mut put.request {
-        request.lease = id;
-    }
+    let put = put_leased_op(key, me.as_bytes(), id);
     let response = client
         .txn_unversioned(pb::TxnRequest {
             compare: vec![absent(key)],

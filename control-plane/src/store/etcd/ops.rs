@@ -37,13 +37,7 @@ pub(super) fn holds(key: &[u8], value: &[u8]) -> pb::Compare {
 }
 
 pub(super) fn put_op(key: &[u8], value: &[u8]) -> pb::RequestOp {
-    pb::RequestOp {
-        request: Some(request_op::Request::RequestPut(pb::PutRequest {
-            key: key.to_vec(),
-            value: value.to_vec(),
-            ..Default::default()
-        })),
-    }
+    put_leased_op(key, value, 0)
 }
 
 /// A put that lives under `lease` (0: none).
@@ -55,17 +49,6 @@ pub(super) fn put_leased_op(key: &[u8], value: &[u8], lease: i64) -> pb::Request
             lease,
             ..Default::default()
         })),
-    }
-}
-
-/// The key holds exactly `value`.
-pub(super) fn value_is(key: &[u8], value: &[u8]) -> pb::Compare {
-    pb::Compare {
-        result: compare::CompareResult::Equal as i32,
-        target: compare::CompareTarget::Value as i32,
-        key: key.to_vec(),
-        target_union: Some(compare::TargetUnion::Value(value.to_vec())),
-        range_end: Vec::new(),
     }
 }
 

@@ -6,7 +6,7 @@ use weir_proto::etcd::etcdserverpb as pb;
 
 use super::Etcd;
 use super::lease::MAX_TXN_OPS;
-use super::ops::{absent, delete_op, put_leased_op, value_is};
+use super::ops::{absent, delete_op, holds, put_leased_op};
 use crate::status::SharedProxy;
 use crate::store::StoreError;
 
@@ -37,7 +37,7 @@ impl Etcd {
             let key = self.key(&["replicas", &name]);
             let put = put_leased_op(&key, &value, lease);
             let mut taken = false;
-            for compare in [absent(&key), value_is(&key, &value)] {
+            for compare in [absent(&key), holds(&key, &value)] {
                 let request = pb::TxnRequest {
                     compare: vec![compare],
                     success: vec![put.clone()],
