@@ -50,6 +50,7 @@ fn one_replica_leads_and_a_stopping_leader_hands_over() {
     wait_for("the follower to take over", Duration::from_secs(4), || {
         *watch[follower].borrow()
     });
+    eprintln!("the lead was handed over in {:?}", started.elapsed());
     // Well under the lease TTL: the leader resigned rather than lapsed.
     assert!(
         started.elapsed() < config.lease_ttl,
