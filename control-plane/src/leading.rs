@@ -67,7 +67,7 @@ mod tests {
             }
         }));
         let wait = |what: &'static str, f: Box<dyn Fn() -> bool>| async move {
-            for _ in 0..500 {
+            for _ in 0..5000 {
                 if f() {
                     return;
                 }
