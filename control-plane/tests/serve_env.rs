@@ -2,41 +2,15 @@
 //! weir-proxy) leaves it alone, a flag set by a variable is named in "requires" errors, and the
 //! etcd TLS flags are refused without each other or without https:// endpoints.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpStream};
+mod common;
+
+use std::io::{BufReader, Read};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// Kills the server however the test ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `weir-control serve` on a free port with `data` as its data directory and none of the
-/// caller's WEIR_* variables, so only what a test sets reaches it.
-fn serve(data: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir-control"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("WEIR_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.args(["serve", "--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(data)
-        .env("WEIR_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd
-}
+use common::{Server, logged_addr, serve, start};
 
 /// Runs a command that must exit on its own (a usage error), killing it after 30 s so a
 /// server that starts after all fails the test instead of hanging it.
@@ -65,34 +39,10 @@ fn exit_output(cmd: &mut Command) -> Output {
 fn starts_with_weirctl_trust_bundle_exported() {
     let data = tempfile::tempdir().expect("tempdir");
     // What README's "With the control plane" exports for weirctl, then a restart.
-    let mut child = serve(data.path())
-        .env("WEIR_TRUST_BUNDLE", data.path().join("trust-bundle.pem"))
-        .spawn()
-        .expect("start weir-control");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let _server = Server(child);
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (_server, lines) =
+        start(serve(data.path()).env("WEIR_TRUST_BUNDLE", data.path().join("trust-bundle.pem")));
     let deadline = Instant::now() + Duration::from_secs(30);
-    let marker = "weir-control listening on ";
-    let addr: SocketAddr = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("weir-control never logged {marker:?}"));
-        if let Some((_, rest)) = line.split_once(marker) {
-            let addr = rest.split_whitespace().next().unwrap_or_default();
-            break addr
-                .parse()
-                .unwrap_or_else(|_| panic!("no address in {line:?}"));
-        }
-    };
+    let addr = logged_addr(&lines, "weir-control listening on ", deadline);
     TcpStream::connect(addr).expect("weir-control accepts connections");
 }
 
