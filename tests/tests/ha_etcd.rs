@@ -20,6 +20,22 @@ fn read(path: std::path::PathBuf) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The stored policies and the history of payments', as weirctl prints them.
+fn documents(cp: &ControlPlane) -> (String, String) {
+    (
+        cp.weirctl_ok(&["get", "servicepolicy", "-o", "json"]),
+        cp.weirctl_ok(&[
+            "history",
+            "servicepolicy",
+            "payments",
+            "-n",
+            "shop",
+            "-o",
+            "json",
+        ]),
+    )
+}
+
 /// payments (app "v1") and payments-v2 (app "v2") behind proxies that register with `cps`, and
 /// an `orders` client proxy that sees both.
 struct Shop {
@@ -199,16 +215,7 @@ async fn two_replicas_on_etcd_share_the_mesh_and_survive_crashes() {
         );
 
         // Everything restarted: documents, tokens and the CA are what they were.
-        let get_before = b.weirctl_ok(&["get", "servicepolicy", "-o", "json"]);
-        let history_before = b.weirctl_ok(&[
-            "history",
-            "servicepolicy",
-            "payments",
-            "-n",
-            "shop",
-            "-o",
-            "json",
-        ]);
+        let documents_before = documents(&b);
         b.kill().await;
         for i in 0..3 {
             etcd.kill(i);
@@ -219,22 +226,7 @@ async fn two_replicas_on_etcd_share_the_mesh_and_survive_crashes() {
         etcd.wait_all_healthy().await;
         a.restart().await;
         assert_eq!(read(a.trust_bundle()), bundle_before, "the CA survives");
-        assert_eq!(
-            a.weirctl_ok(&["get", "servicepolicy", "-o", "json"]),
-            get_before
-        );
-        assert_eq!(
-            a.weirctl_ok(&[
-                "history",
-                "servicepolicy",
-                "payments",
-                "-n",
-                "shop",
-                "-o",
-                "json"
-            ]),
-            history_before
-        );
+        assert_eq!(documents(&a), documents_before);
         assert_eq!(
             a.weirctl_ok(&["token", "list", "-o", "json"]),
             tokens_before
