@@ -85,19 +85,14 @@ impl Authority {
             Some(f) => (Ca::load(&f.cert, &f.key, f.trust_bundle.as_deref())?, None),
             None => {
                 let trust_domain = hub.trust_domain.clone();
-                store.secret_or_insert_with(CA_SECRET, || {
+                let signer = store.secret_or_insert_with(CA_SECRET, || {
                     let root = crate::ca::generate_root(&trust_domain)?;
                     tracing::info!(trust_domain, "generated the mesh root CA");
                     serde_json::to_vec(&root).map_err(|err| CaError::Generate(err.to_string()))
                 })??;
-                let stored = Stored::read(store)?;
-                let bundle = stored.trust.bundle(&stored.signer.cert_pem);
+                let stored = Stored::parse(&signer, store.secret(rotation::CA_TRUST_SECRET)?)?;
                 (
-                    Ca::from_pem(
-                        &stored.signer.cert_pem,
-                        &stored.signer.key_pem,
-                        Some(&bundle),
-                    )?,
+                    signing_ca(&stored.signer, &stored.trust)?,
                     Some(stored.trust),
                 )
             }
@@ -218,12 +213,8 @@ impl Authority {
                 }
                 rotation::Phase::Finish => next_trust.previous_cert_pem = None,
             }
-            let ca = Ca::from_pem(
-                &signer.cert_pem,
-                &signer.key_pem,
-                Some(&next_trust.bundle(&signer.cert_pem)),
-            )
-            .map_err(|e| Status::internal(e.to_string()))?;
+            let ca =
+                signing_ca(&signer, &next_trust).map_err(|e| Status::internal(e.to_string()))?;
             let signer_json = to_json(&signer)?;
             let trust_json = to_json(&next_trust)?;
             let written = self
@@ -269,11 +260,7 @@ impl Authority {
         {
             return Ok(false);
         }
-        let ca = Ca::from_pem(
-            &stored.signer.cert_pem,
-            &stored.signer.key_pem,
-            Some(&bundle),
-        )?;
+        let ca = signing_ca(&stored.signer, &stored.trust)?;
         let (generation, phase) = (stored.trust.generation, stored.trust.phase());
         self.install(&mut local, ca, stored.trust);
         tracing::info!(
@@ -451,12 +438,16 @@ struct Stored {
 
 impl Stored {
     fn read(store: &crate::store::Store) -> Result<Stored, AuthorityError> {
-        let corrupt = |err: serde_json::Error| AuthorityError::CorruptCa(err.to_string());
         let signer = store
             .secret(CA_SECRET)?
             .ok_or_else(|| AuthorityError::CorruptCa("the stored CA record is missing".into()))?;
-        let signer: CaPem = serde_json::from_slice(&signer).map_err(corrupt)?;
-        let trust_json = store.secret(rotation::CA_TRUST_SECRET)?;
+        Stored::parse(&signer, store.secret(rotation::CA_TRUST_SECRET)?)
+    }
+
+    /// From the stored JSON of the signing root and of the rotation state (`None`: none yet).
+    fn parse(signer: &[u8], trust_json: Option<Vec<u8>>) -> Result<Stored, AuthorityError> {
+        let corrupt = |err: serde_json::Error| AuthorityError::CorruptCa(err.to_string());
+        let signer: CaPem = serde_json::from_slice(signer).map_err(corrupt)?;
         let trust = match &trust_json {
             Some(json) => serde_json::from_slice(json).map_err(corrupt)?,
             None => rotation::CaTrust::default(),
@@ -467,6 +458,15 @@ impl Stored {
             trust_json,
         })
     }
+}
+
+/// The CA that signs with `signer` and hands out the bundle of `trust`.
+fn signing_ca(signer: &CaPem, trust: &rotation::CaTrust) -> Result<Ca, CaError> {
+    Ca::from_pem(
+        &signer.cert_pem,
+        &signer.key_pem,
+        Some(&trust.bundle(&signer.cert_pem)),
+    )
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Status> {
