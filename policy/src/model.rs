@@ -112,6 +112,11 @@ pub struct ServicePolicySpec {
     pub routes: Vec<Route>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
+    /// Services this one calls (`name` in its namespace, or `name.namespace`): their policies
+    /// and endpoints reach its proxies before the first call, so that call never waits for
+    /// discovery.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

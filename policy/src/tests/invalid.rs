@@ -237,6 +237,17 @@ fn invalid_service_policies() {
             "spec.authorization.mode",
             "unknown variant `denyAll`",
         ),
+        // dependencies
+        (
+            "{ service: payments, dependencies: [ ledger, fraud.risk, a.b.c ] }",
+            "spec.dependencies[2]",
+            "must be `name` or `name.namespace`",
+        ),
+        (
+            "{ service: payments, dependencies: [ Ledger ] }",
+            "spec.dependencies[0]",
+            "DNS-1123 label",
+        ),
     ];
     for (spec, path, reason) in cases {
         let err = assert_error(&policy(spec), path, reason);

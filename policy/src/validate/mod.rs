@@ -67,4 +67,18 @@ fn service_policy(f: &mut Findings, spec: &ServicePolicySpec) {
     if let Some(a) = &spec.authorization {
         authorization::authorization(f, a);
     }
+    for (i, dep) in spec.dependencies.iter().enumerate() {
+        f.check(format_args!("spec.dependencies[{i}]"), service_ref(dep));
+    }
+}
+
+/// `name` or `name.namespace`, each a DNS label.
+fn service_ref(s: &str) -> Result<(), String> {
+    let mut parts = s.split('.');
+    let (name, ns) = (parts.next().unwrap_or(""), parts.next());
+    if parts.next().is_some() {
+        return Err(format!("must be `name` or `name.namespace`, got {s:?}"));
+    }
+    dns_label(name)?;
+    ns.map_or(Ok(()), dns_label)
 }
