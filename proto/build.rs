@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Shared, not copied: the control plane sends one snapshot to thousands of streams.
         .bytes(".weir.discovery.v1.Document.json")
         .bytes(".weir.discovery.v1.Snapshot.trust_bundle_pem")
+        .bytes(".weir.discovery.v1.DeltaResponse.trust_bundle_pem")
         .compile_protos(&PROTOS, &["proto"])?;
     // etcd's API, for weir-control's etcd store: a client only, etcd is the server.
     for p in ETCD_PROTOS {

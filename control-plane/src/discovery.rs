@@ -36,6 +36,16 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send
 #[tonic::async_trait]
 impl Discovery for DiscoveryService {
     type StreamStream = SnapshotStream;
+    type DeltaStream = crate::delta::DeltaStream;
+
+    async fn delta(
+        &self,
+        request: Request<Streaming<weir_proto::discovery::v1::DeltaRequest>>,
+    ) -> Result<Response<Self::DeltaStream>, Status> {
+        crate::delta::serve(&self.hub, request.into_inner())
+            .await
+            .map(Response::new)
+    }
 
     async fn stream(
         &self,
@@ -57,33 +67,7 @@ impl Discovery for DiscoveryService {
                 ));
             }
         };
-        let (identity, address) = check_hello(&hello, &self.hub.trust_domain)?;
-        // A shared store's write waits on etcd: off the runtime's workers. The guard is made
-        // there too, so a stream dropped while waiting still unregisters.
-        let (hub, announced) = (self.hub.clone(), hello.clone());
-        let (connected, guard) = tokio::task::spawn_blocking(move || {
-            let connected = hub
-                .registry
-                .connect(&announced, identity, address, &hub.store)?;
-            let guard = Registration {
-                hub,
-                stream: connected.stream,
-            };
-            Ok::<_, crate::store::StoreError>((connected, guard))
-        })
-        .await
-        .map_err(|_| Status::internal("the registration task failed"))?
-        .map_err(|err| {
-            tracing::error!(%err, "cannot register proxy");
-            Status::internal("cannot register the proxy; see the control plane's log")
-        })?;
-        self.hub.changed();
-        tracing::debug!(
-            service = hello.service,
-            namespace = hello.namespace,
-            address = hello.inbound_address,
-            "proxy connected"
-        );
+        let (connected, guard) = register(&self.hub, &hello).await?;
         let snapshots = self.hub.subscribe();
         tokio::spawn(read_answers(
             inbound,
@@ -96,6 +80,43 @@ impl Discovery for DiscoveryService {
             connected.version,
         ))))
     }
+}
+
+/// Checks a Hello and registers the proxy (and its endpoint, if it gave an address). The
+/// returned guard starts the registration's lease when dropped.
+pub(crate) async fn register(
+    hub: &Arc<Hub>,
+    hello: &Hello,
+) -> Result<(crate::registry::Connected, Registration), Status> {
+    let (identity, address) = check_hello(hello, &hub.trust_domain)?;
+    // A shared store's write waits on etcd: off the runtime's workers. The guard is made
+    // there too, so a stream dropped while waiting still unregisters.
+    let (registering, announced) = (hub.clone(), hello.clone());
+    let registered = tokio::task::spawn_blocking(move || {
+        let connected =
+            registering
+                .registry
+                .connect(&announced, identity, address, &registering.store)?;
+        let guard = Registration {
+            hub: registering,
+            stream: connected.stream,
+        };
+        Ok::<_, crate::store::StoreError>((connected, guard))
+    })
+    .await
+    .map_err(|_| Status::internal("the registration task failed"))?
+    .map_err(|err| {
+        tracing::error!(%err, "cannot register proxy");
+        Status::internal("cannot register the proxy; see the control plane's log")
+    })?;
+    hub.changed();
+    tracing::debug!(
+        service = hello.service,
+        namespace = hello.namespace,
+        address = hello.inbound_address,
+        "proxy connected"
+    );
+    Ok(registered)
 }
 
 /// Checks what a proxy says about itself before it becomes an endpoint, so every synthesised
@@ -149,7 +170,7 @@ fn check_hello(hello: &Hello, trust_domain: &str) -> Result<(String, Option<Sock
 }
 
 /// Starts the lease of the stream's registration when dropped, however the reader ends.
-struct Registration {
+pub(crate) struct Registration {
     hub: Arc<Hub>,
     stream: u64,
 }

@@ -16,15 +16,18 @@ use weir_proto::discovery::v1 as pb;
 use crate::derived::{Derived, DerivedEndpoints};
 use crate::registry::{Registry, ServiceKey, ServiceView};
 use crate::store::{Object, Store, StoreError};
+use crate::world::World;
 
 /// Lower bound between two published snapshots; see [`Hub::publish`].
-const MIN_PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
+const MIN_PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// One built snapshot, shared by every stream.
 #[derive(Debug, Default)]
 pub struct Published {
     pub version: u64,
     pub documents: Vec<pb::Document>,
+    /// The same documents indexed for scoped streams.
+    pub world: Arc<World>,
     pub trust_bundle_pem: bytes::Bytes,
     pub ca_generation: u64,
     /// The server is shutting down: streams end instead of sending this.
@@ -90,6 +93,7 @@ impl Hub {
             *current = Arc::new(Published {
                 version: current.version,
                 documents: current.documents.clone(),
+                world: current.world.clone(),
                 trust_bundle_pem: bundle,
                 ca_generation: generation,
                 closing: false,
@@ -217,9 +221,11 @@ pub fn build(
     let objects = store.get(None, None, None)?;
     // Empty, without I/O, for the embedded store.
     let views = registry.views(&store.registrations()?);
+    let documents = documents(objects, views, derived.all());
     Ok(Published {
         version,
-        documents: documents(objects, views, derived.all()),
+        world: Arc::new(World::index(&documents)),
+        documents,
         trust_bundle_pem,
         ca_generation,
         closing: false,

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod ca;
+pub mod delta;
 pub mod derived;
 pub mod discovery;
 pub mod health;
@@ -20,6 +21,7 @@ pub mod serving;
 pub mod status;
 pub mod store;
 pub mod token;
+pub mod world;
 
 #[cfg(test)]
 mod tests;
