@@ -137,6 +137,16 @@ pub struct RunArgs {
     #[arg(long, env = "WEIR_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// How long the first request to a destination this proxy has not seen waits for the
+    /// control plane to resolve it (then `503 x-weir-error: discovery-timeout`, or, for a
+    /// redirected connection, the original destination).
+    #[arg(long, env = "WEIR_RESOLVE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub resolve_timeout: std::time::Duration,
+
+    /// A destination no request used for this long is dropped from the subscription.
+    #[arg(long, env = "WEIR_SUBSCRIPTION_IDLE", default_value = "10m", value_parser = parse_duration)]
+    pub subscription_idle: std::time::Duration,
+
     /// Address peers use to reach this proxy's inbound listener, registered with the control
     /// plane (in Kubernetes: the pod IP and the inbound port). Defaults to --inbound-addr unless
     /// that is a wildcard address.

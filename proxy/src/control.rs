@@ -10,10 +10,13 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weir_policy::{Document, Errors};
 use weir_proto::discovery::v1::{
-    Ack, Hello, Nack, ProxyMessage, Snapshot, discovery_client::DiscoveryClient, proxy_message,
+    DeltaAck, DeltaHello, DeltaRequest, DeltaResponse, Hello, Resource, ResourceNack,
+    ResourceVersion, Subscribe, delta_request, discovery_client::DiscoveryClient,
 };
 
-use crate::config::{ConfigStore, Pushed};
+use std::collections::BTreeMap;
+
+use crate::config::{ConfigStore, Pushed, PushedResource};
 use crate::jitter::Jitter;
 use crate::tls::certify::PushedTrust;
 use crate::tls::dial::ControlDialer;
@@ -64,16 +67,19 @@ impl ControlClient {
             }
         };
         let source = path.display().to_string();
-        let valid = pushed
-            .documents
+        let documents: Vec<Document> = pushed.documents().cloned().collect();
+        let valid = documents
             .iter()
             .try_for_each(|d| weir_policy::validate(&source, d))
-            .and_then(|()| weir_policy::validate_set(&pushed.documents));
+            .and_then(|()| weir_policy::validate_set(&documents));
         if let Err(e) = valid {
             tracing::warn!(path = %path.display(), errors = %e, "ignoring an invalid snapshot cache");
             return None;
         }
         let version = pushed.version;
+        self.config
+            .subscriptions
+            .restore(pushed.subscriptions.iter().cloned());
         if let Err(e) = self.config.install_pushed(pushed) {
             tracing::warn!(path = %path.display(), errors = %e, "ignoring a snapshot cache that conflicts with --config");
             return None;
@@ -130,15 +136,30 @@ impl ControlClient {
         let channel = self.dialer.connect(endpoint).await?;
         let mut client = DiscoveryClient::new(channel);
         let (tx, rx) = mpsc::channel(4);
+        let known = self
+            .config
+            .pushed()
+            .map(|p| {
+                p.resources
+                    .iter()
+                    .map(|r| ResourceVersion {
+                        name: r.name.clone(),
+                        version: r.version,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut hello = self.hello.clone();
         hello.current_version = self.config.pushed_version();
-        let _ = tx
-            .send(ProxyMessage {
-                kind: Some(proxy_message::Kind::Hello(hello)),
-            })
-            .await;
-        let mut snapshots = client
-            .stream(ReceiverStream::new(rx))
+        let subs = &self.config.subscriptions;
+        let first = DeltaHello {
+            hello: Some(hello),
+            known,
+            subscribe: subs.keys(),
+        };
+        let _ = tx.send(request(delta_request::Kind::Hello(first))).await;
+        let mut responses = client
+            .delta(ReceiverStream::new(rx))
             .await
             .map_err(SessionError::Refused)?
             .into_inner();
@@ -146,77 +167,172 @@ impl ControlClient {
         *connected = true;
         tracing::info!(url = %self.dialer.url(), "connected to the control plane");
         loop {
-            let snapshot = match snapshots.message().await {
-                Ok(Some(s)) => s,
-                Ok(None) => return Ok(()),
-                Err(status) => return Err(SessionError::Ended(status)),
-            };
-            let reply = self.apply(snapshot);
-            if tx.send(reply).await.is_err() {
-                return Ok(());
+            tokio::select! {
+                response = responses.message() => {
+                    let response = match response {
+                        Ok(Some(r)) => r,
+                        Ok(None) => return Ok(()),
+                        Err(status) => return Err(SessionError::Ended(status)),
+                    };
+                    let ack = self.apply(response);
+                    if tx.send(request(delta_request::Kind::Ack(ack))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                () = subs.wake.notified() => {
+                    let (add, remove) = subs.take_changes();
+                    if add.is_empty() && remove.is_empty() {
+                        continue;
+                    }
+                    let change = Subscribe { add, remove };
+                    if tx.send(request(delta_request::Kind::Subscribe(change))).await.is_err() {
+                        return Ok(());
+                    }
+                }
             }
         }
     }
 
-    /// Validates and installs one snapshot, returning the ACK or NACK to send.
-    fn apply(&self, snapshot: Snapshot) -> ProxyMessage {
-        let Snapshot {
-            version,
+    fn learn_trust(&self, trust_bundle_pem: bytes::Bytes, ca_generation: u64) {
+        if trust_bundle_pem.is_empty() {
+            return;
+        }
+        self.dialer.learn(&trust_bundle_pem);
+        if let Some(trust) = &self.trust {
+            let pushed = PushedTrust {
+                bundle_pem: trust_bundle_pem,
+                generation: ca_generation,
+            };
+            trust.send_if_modified(|current| {
+                let changed = current.as_ref() != Some(&pushed);
+                *current = Some(pushed);
+                changed
+            });
+        }
+    }
+
+    /// Validates and installs the resources of one response, each on its own: a resource that
+    /// does not validate is refused (the proxy keeps what it had for it) and the rest go in.
+    /// Returns the ACK, naming every refused resource and why.
+    fn apply(&self, response: DeltaResponse) -> DeltaAck {
+        let DeltaResponse {
             nonce,
-            documents,
+            version,
+            resources,
+            removed,
+            resolutions,
             trust_bundle_pem,
             ca_generation,
-        } = snapshot;
-        if !trust_bundle_pem.is_empty() {
-            self.dialer.learn(&trust_bundle_pem);
-            if let Some(trust) = &self.trust {
-                let pushed = PushedTrust {
-                    bundle_pem: trust_bundle_pem,
-                    generation: ca_generation,
-                };
-                trust.send_if_modified(|current| {
-                    let changed = current.as_ref() != Some(&pushed);
-                    *current = Some(pushed);
-                    changed
+        } = response;
+        self.learn_trust(trust_bundle_pem, ca_generation);
+        let before = self.config.pushed().unwrap_or_default();
+        let mut held: BTreeMap<String, PushedResource> = before
+            .resources
+            .iter()
+            .map(|r| (r.name.clone(), r.clone()))
+            .collect();
+        for name in &removed {
+            held.remove(name);
+        }
+        let source = format!("control plane version {version}");
+        let mut nacks = Vec::new();
+        let mut changed = Vec::new();
+        for r in resources {
+            match decode(&source, &r) {
+                Ok(document) => {
+                    changed.push((r.name.clone(), r.version));
+                    held.insert(
+                        r.name.clone(),
+                        PushedResource {
+                            name: r.name,
+                            version: r.version,
+                            document,
+                        },
+                    );
+                }
+                Err(errors) => nacks.push(ResourceNack {
+                    name: r.name,
+                    version: r.version,
+                    errors: errors.iter().map(ToString::to_string).collect(),
+                }),
+            }
+        }
+        let mut settled = before.settled.clone();
+        let answered = !resolutions.is_empty();
+        settled.extend(resolutions.into_iter().map(|r| r.key));
+        let mut pushed = Pushed {
+            version,
+            resources: held.into_values().collect(),
+            settled,
+            subscriptions: self.config.subscriptions.keys_peek(),
+            documents: Vec::new(),
+        };
+        if let Err(errors) = self.config.install_pushed(pushed.clone()) {
+            // Some changed resources do not fit with the rest (or with --config): refuse the
+            // ones the errors name (all changed ones if none is named) and keep what this
+            // proxy had for each.
+            let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            let key_of = |name: &str| {
+                pushed
+                    .resources
+                    .iter()
+                    .find(|r| r.name == name)
+                    .map(|r| r.document.key())
+            };
+            let named: Vec<(String, u64)> = changed
+                .iter()
+                .filter(|(n, _)| {
+                    let key = key_of(n);
+                    errors
+                        .iter()
+                        .any(|e| e.document.is_some() && e.document == key)
+                })
+                .cloned()
+                .collect();
+            let refused = if named.is_empty() { changed } else { named };
+            let old: BTreeMap<&str, &PushedResource> = before
+                .resources
+                .iter()
+                .map(|r| (r.name.as_str(), r))
+                .collect();
+            pushed
+                .resources
+                .retain(|r| !refused.iter().any(|(n, _)| *n == r.name));
+            pushed.resources.extend(
+                refused
+                    .iter()
+                    .filter_map(|(n, _)| old.get(n.as_str()).map(|r| (*r).clone())),
+            );
+            pushed.resources.sort_by(|a, b| a.name.cmp(&b.name));
+            for (name, v) in refused {
+                nacks.push(ResourceNack {
+                    name,
+                    version: v,
+                    errors: reasons.clone(),
                 });
             }
-        }
-        let installed = decode(version, &documents).and_then(|documents| {
-            let pushed = Pushed { version, documents };
-            let cache = self.cache_dir.is_some().then(|| pushed.clone());
-            let local = self.config.install_pushed(pushed)?;
-            // Only what was actually installed is cached: a restart must not bring back a
-            // snapshot this proxy refused.
-            if let Some(p) = cache {
-                self.write_cache(&p);
-            }
-            Ok(local)
-        });
-        match installed {
-            Ok(local) => {
-                tracing::info!(
-                    version,
-                    local_version = local,
-                    "control-plane snapshot applied"
-                );
-                ProxyMessage {
-                    kind: Some(proxy_message::Kind::Ack(Ack { version, nonce })),
-                }
-            }
-            Err(errors) => {
-                for e in errors.iter() {
-                    tracing::error!(version, error = %e, "control-plane snapshot rejected");
-                }
-                let errors = errors.iter().map(ToString::to_string).collect();
-                ProxyMessage {
-                    kind: Some(proxy_message::Kind::Nack(Nack {
-                        version,
-                        nonce,
-                        errors,
-                    })),
-                }
+            if let Err(e) = self.config.install_pushed(pushed.clone()) {
+                tracing::error!(version, errors = %e, "keeping the previous control-plane state");
+                return DeltaAck { nonce, nacks };
             }
         }
+        for n in &nacks {
+            for e in &n.errors {
+                tracing::error!(version, resource = n.name, error = %e, "control-plane resource rejected");
+            }
+        }
+        tracing::debug!(
+            version,
+            refused = nacks.len(),
+            "control-plane update applied"
+        );
+        // Only what was actually installed is cached: a restart must not bring back a
+        // resource this proxy refused.
+        self.write_cache(&pushed);
+        if answered {
+            self.config.subscriptions.answered();
+        }
+        DeltaAck { nonce, nacks }
     }
 
     fn write_cache(&self, pushed: &Pushed) {
@@ -227,34 +343,28 @@ impl ControlClient {
     }
 }
 
-/// Decodes and validates every document, collecting every error.
-fn decode(
-    version: u64,
-    documents: &[weir_proto::discovery::v1::Document],
-) -> Result<Vec<Document>, Errors> {
-    let source = format!("snapshot {version}");
-    let mut errors = Vec::new();
-    let mut docs = Vec::with_capacity(documents.len());
-    for d in documents {
-        match serde_json::from_slice::<Document>(&d.json) {
-            Ok(doc) => match weir_policy::validate(&source, &doc) {
-                Ok(()) => docs.push(doc),
-                Err(e) => errors.extend(e.0),
-            },
-            Err(e) => errors.push(weir_policy::PolicyError {
-                source: source.clone(),
-                document: Some(format!("{} {}/{}", d.kind, d.namespace, d.name)),
-                path: String::new(),
-                reason: format!("undecodable document: {e}"),
-            }),
-        }
-    }
-    if errors.is_empty() {
-        weir_policy::validate_set(&docs)?;
-        Ok(docs)
-    } else {
-        Err(Errors(errors))
-    }
+fn request(kind: delta_request::Kind) -> DeltaRequest {
+    DeltaRequest { kind: Some(kind) }
+}
+
+/// Decodes and validates one resource's document.
+fn decode(source: &str, resource: &Resource) -> Result<Document, Errors> {
+    let name = &resource.name;
+    let undecodable = |reason: String| {
+        Errors(vec![weir_policy::PolicyError {
+            source: source.to_string(),
+            document: Some(name.clone()),
+            path: String::new(),
+            reason,
+        }])
+    };
+    let Some(d) = &resource.document else {
+        return Err(undecodable("the resource carries no document".into()));
+    };
+    let doc = serde_json::from_slice::<Document>(&d.json)
+        .map_err(|e| undecodable(format!("undecodable document: {e}")))?;
+    weir_policy::validate(source, &doc)?;
+    Ok(doc)
 }
 
 fn write_atomic(dir: &Path, pushed: &Pushed) -> std::io::Result<()> {
@@ -270,24 +380,32 @@ fn write_atomic(dir: &Path, pushed: &Pushed) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn doc(json: &str) -> weir_proto::discovery::v1::Document {
-        weir_proto::discovery::v1::Document {
-            json: json.to_owned().into(),
-            ..Default::default()
+    fn resource(json: &str) -> Resource {
+        Resource {
+            name: "Endpoints/default/a".into(),
+            version: 1,
+            document: Some(weir_proto::discovery::v1::Document {
+                json: json.to_owned().into(),
+                ..Default::default()
+            }),
         }
     }
 
     #[test]
-    fn decode_collects_every_error() {
+    fn decode_names_the_resource_and_the_field() {
         let good = serde_json::to_string(
             &weir_policy::parse_str("t", "apiVersion: weir/v1\nkind: Endpoints\nmetadata: {name: a}\nspec: {addresses: [\"10.0.0.1:4143\"]}\n")
                 .expect("valid")[0],
         )
         .expect("json");
-        assert_eq!(decode(7, &[doc(&good)]).expect("valid").len(), 1);
-        let bad_percent = good.replace("10.0.0.1:4143", "nonsense");
-        let errors = decode(7, &[doc(&bad_percent), doc("{not json")]).expect_err("invalid");
-        assert_eq!(errors.0.len(), 2, "{errors}");
-        assert!(errors.to_string().contains("snapshot 7"), "{errors}");
+        assert!(decode("v7", &resource(&good)).is_ok());
+        let bad = good.replace("\"spec\":{", "\"spec\":{\"identity\":\"orders\",");
+        let errors = decode("v7", &resource(&bad)).expect_err("invalid");
+        assert!(errors.to_string().contains("spec.identity"), "{errors}");
+        let errors = decode("v7", &resource("{not json")).expect_err("undecodable");
+        assert!(
+            errors.to_string().contains("Endpoints/default/a"),
+            "{errors}"
+        );
     }
 }

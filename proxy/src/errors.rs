@@ -35,6 +35,8 @@ pub enum ProxyError {
     RateLimited,
     /// Fault injection aborted the call (the status is the policy's).
     FaultInjected,
+    /// The control plane did not say in time what the destination is.
+    DiscoveryTimeout,
 }
 
 impl ProxyError {
@@ -53,6 +55,7 @@ impl ProxyError {
             ProxyError::BulkheadFull => "bulkhead-full",
             ProxyError::RateLimited => "rate-limited",
             ProxyError::FaultInjected => "fault-injected",
+            ProxyError::DiscoveryTimeout => "discovery-timeout",
         }
     }
 
@@ -63,7 +66,9 @@ impl ProxyError {
             }
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::FaultInjected | ProxyError::DiscoveryTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::ConnectFailure
             | ProxyError::Reset
             | ProxyError::RefusedStream
@@ -103,6 +108,9 @@ impl ProxyError {
                 "weir: rate limit exceeded; retry after the Retry-After delay\n"
             }
             ProxyError::FaultInjected => "weir: fault injected by policy\n",
+            ProxyError::DiscoveryTimeout => {
+                "weir: the control plane did not resolve this destination within --resolve-timeout; check `weirctl status` and the control plane\n"
+            }
         }
     }
 

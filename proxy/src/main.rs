@@ -160,6 +160,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cache_dir: args.cache_dir.clone(),
     });
     if let Some(c) = &control {
+        config.subscriptions.enable(args.resolve_timeout);
         c.load_cache();
     }
     warn_if_strict_without_identity(&config, &creds);

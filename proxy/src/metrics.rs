@@ -124,6 +124,10 @@ pub struct Metrics {
     pub inbound_refused: AtomicU64,
     /// Certificates obtained from the control plane (first one and renewals).
     pub identity_renewals: AtomicU64,
+    /// Requests that waited for the control plane to resolve a new destination, and those
+    /// whose wait ran out.
+    pub discovery_waits: AtomicU64,
+    pub discovery_timeouts: AtomicU64,
     /// The span exporter, whose own counters are rendered; unset until it starts.
     pub tracer: std::sync::OnceLock<weir_trace::Tracer>,
 }
@@ -285,6 +289,18 @@ impl Metrics {
             out,
             "weir_config_reloads_total{{result=\"error\"}} {}",
             self.reloads_error.load(Relaxed)
+        );
+        out.push_str("# HELP weir_discovery_waits_total Requests that waited for the control plane to resolve a new destination, by result.\n");
+        out.push_str("# TYPE weir_discovery_waits_total counter\n");
+        let timeouts = self.discovery_timeouts.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "weir_discovery_waits_total{{result=\"answered\"}} {}",
+            self.discovery_waits.load(Relaxed).saturating_sub(timeouts)
+        );
+        let _ = writeln!(
+            out,
+            "weir_discovery_waits_total{{result=\"timeout\"}} {timeouts}"
         );
         self.render_trace(&mut out);
         out

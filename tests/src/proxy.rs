@@ -320,6 +320,14 @@ impl Proxy {
             .map_err(|_| std::io::Error::other(format!("admin {method} {path} timed out")))?
     }
 
+    /// Calls each service once through the outbound listener, as an app's first call would,
+    /// so the proxy subscribes to it (scoped discovery); the answers do not matter.
+    pub async fn call_once(&self, services: &[&str]) {
+        for service in services {
+            let _ = raw_http::get(self.addrs.outbound, service, "/").await;
+        }
+    }
+
     /// GET an admin path; panics if the request fails at the transport level.
     pub async fn admin_get(&self, path: &str) -> RawResponse {
         self.admin_request("GET", path)

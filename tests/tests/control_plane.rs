@@ -70,6 +70,7 @@ impl Mesh {
 
     /// Until the client's snapshot holds both registered services.
     async fn wait_for_endpoints(&self) {
+        self.client.call_once(&["payments", "payments-v2"]).await;
         wait_until(
             "the client proxy sees both registered services",
             Duration::from_secs(20),
@@ -268,7 +269,6 @@ async fn a_snapshot_the_proxy_cannot_apply_is_nacked_and_the_last_good_kept() {
             call(before_conflict.outbound(), "payments").await == (200, "v1".to_owned())
         })
         .await;
-        let good = before_conflict.admin_get("/config").await.json().expect("json")["control_plane_version"].as_u64();
 
         mesh.apply("conflict.yaml", &config::split(0, 100));
         wait_until("weirctl status shows the NACK", Duration::from_secs(20), || async {
@@ -286,9 +286,13 @@ async fn a_snapshot_the_proxy_cannot_apply_is_nacked_and_the_last_good_kept() {
             table.lines().any(|l| l.contains(": ServicePolicy")),
             "status table shows billing's NACK:\n{table}"
         );
-        // The last good snapshot stays: still v1 (the local file's view), version unchanged.
+        // The refused resource is not in force (the rest of that update is): still v1, the
+        // local file's view, and the pushed policy is not among the documents.
         let cfg = before_conflict.admin_get("/config").await.json().expect("json");
-        assert_eq!(cfg["control_plane_version"].as_u64(), good);
+        let pushed_policy = cfg["documents"].as_array().into_iter().flatten().any(|d| {
+            d["kind"] == "ServicePolicy" && d["metadata"]["name"] != "payments-local"
+        });
+        assert!(!pushed_policy, "the refused policy is not in force: {cfg}");
         assert_eq!(call(before_conflict.outbound(), "payments").await, (200, "v1".to_owned()));
         // The other client took it.
         wait_until("orders on v2", Duration::from_secs(20), || async {

@@ -65,6 +65,7 @@ impl Shop {
             .start()
             .await;
         let client = meshed("orders", "orders").start().await;
+        client.call_once(&["payments", "payments-v2"]).await;
         wait_until(
             "the client sees both services",
             Duration::from_secs(20),

@@ -18,10 +18,16 @@ use crate::routes::Route;
 type VirtualIps = (Vec<IpAddr>, Vec<(u16, u16)>);
 
 impl ConfigStore {
-    pub(super) fn install(&self, documents: Vec<Document>, control_plane_version: u64) -> u64 {
+    pub(super) fn install(
+        &self,
+        documents: Vec<Document>,
+        control_plane_version: u64,
+        settled: std::collections::BTreeSet<String>,
+    ) -> u64 {
         let version = self.next_version.fetch_add(1, Relaxed);
         let mut snapshot = self.compile(version, documents);
         snapshot.control_plane_version = control_plane_version;
+        snapshot.settled = settled.into_iter().map(String::into_boxed_str).collect();
         self.current.store(Arc::new(snapshot));
         self.metrics.config_version.store(version, Relaxed);
         version
@@ -197,6 +203,7 @@ impl ConfigStore {
             by_vip,
             by_vip_any,
             services,
+            settled: Default::default(),
         }
     }
 }

@@ -55,6 +55,11 @@ impl Snapshot {
         self.by_authority.get(host)
     }
 
+    /// Whether the control plane has answered this subscription key.
+    pub fn settled(&self, key: &str) -> bool {
+        self.settled.contains(key)
+    }
+
     /// Every mesh service, by name.
     pub fn services(&self) -> &[Arc<Service>] {
         &self.services

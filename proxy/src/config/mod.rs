@@ -6,10 +6,12 @@ mod lookup;
 pub mod report;
 mod snapshot;
 mod store;
+mod subscriptions;
 mod view;
 
 pub use snapshot::{LocalIdentity, MeshDst, Service, Snapshot};
-pub use store::{ConfigStore, Pushed};
+pub use store::{ConfigStore, Pushed, PushedResource};
+pub use subscriptions::{Subscriptions, Unanswered, authority_key};
 
 /// A store and documents shared by the tests of the submodules.
 #[cfg(test)]

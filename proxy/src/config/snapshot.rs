@@ -74,6 +74,8 @@ pub struct Snapshot {
     /// Virtual IPs of services that declare no ports: every port is the same pod port.
     pub(super) by_vip_any: HashMap<IpAddr, Arc<Service>>,
     pub(super) services: Vec<Arc<Service>>,
+    /// Subscription keys the control plane answered (scoped discovery).
+    pub(super) settled: std::collections::HashSet<Box<str>>,
 }
 
 /// Where a redirected connection goes in the mesh: the service, and the pod port to deliver

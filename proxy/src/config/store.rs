@@ -1,6 +1,6 @@
 //! The store that holds the snapshot in force, and the two sources it merges: `--config` files
 //! underneath, the control plane's pushed snapshot on top.
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -25,20 +25,17 @@ fn merge(
     let Some(p) = pushed else {
         return Ok(files.to_vec());
     };
-    let pushed_mesh = p
-        .documents
-        .iter()
-        .any(|d| matches!(d, Document::MeshConfig(_)));
+    let pushed_mesh = p.documents().any(|d| matches!(d, Document::MeshConfig(_)));
     let mut docs: Vec<Document> = files
         .iter()
         .filter(|f| {
             let replaced = pushed_mesh && matches!(f, Document::MeshConfig(_));
-            let overridden = p.documents.iter().any(|d| same_object(d, f));
+            let overridden = p.documents().any(|d| same_object(d, f));
             !replaced && !overridden
         })
         .cloned()
         .collect();
-    docs.extend(p.documents.iter().cloned());
+    docs.extend(p.documents().cloned());
     weir_policy::validate_set(&docs)?;
     Ok(docs)
 }
@@ -68,6 +65,8 @@ pub struct ConfigStore {
     /// plane's snapshot on top (same kind/namespace/name: the pushed one wins; a pushed
     /// MeshConfig replaces any local one).
     sources: Mutex<Sources>,
+    /// Destinations asked of the control plane (scoped discovery).
+    pub subscriptions: super::Subscriptions,
 }
 
 #[derive(Default)]
@@ -76,11 +75,38 @@ struct Sources {
     pushed: Option<Pushed>,
 }
 
-/// The last good snapshot from the control plane.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// The last good state from the control plane: the resources in force and the subscription
+/// keys it answered.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Pushed {
     pub version: u64,
+    #[serde(default)]
+    pub resources: Vec<PushedResource>,
+    /// Keys the control plane answered; a miss on one of them is not the mesh's.
+    #[serde(default)]
+    pub settled: BTreeSet<String>,
+    /// What this proxy was subscribed to, for the cache.
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
+    /// Whole-world snapshots (caches written before scoped discovery): read, never written.
+    #[serde(default, skip_serializing)]
     pub documents: Vec<Document>,
+}
+
+/// One resource as the control plane named and versioned it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PushedResource {
+    pub name: String,
+    pub version: u64,
+    pub document: Document,
+}
+
+impl Pushed {
+    pub fn documents(&self) -> impl Iterator<Item = &Document> {
+        self.documents
+            .iter()
+            .chain(self.resources.iter().map(|r| &r.document))
+    }
 }
 
 impl ConfigStore {
@@ -104,6 +130,7 @@ impl ConfigStore {
             by_vip: HashMap::new(),
             by_vip_any: HashMap::new(),
             services: Vec::new(),
+            settled: Default::default(),
         };
         ConfigStore {
             current: ArcSwap::from_pointee(empty),
@@ -115,6 +142,7 @@ impl ConfigStore {
             next_version: AtomicU64::new(1),
             files,
             sources: Mutex::new(Sources::default()),
+            subscriptions: super::Subscriptions::default(),
         }
     }
 
@@ -143,7 +171,11 @@ impl ConfigStore {
             let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
             let merged = merge(&docs, sources.pushed.as_ref())?;
             sources.files = docs;
-            Ok(self.install(merged, sources.pushed.as_ref().map_or(0, |p| p.version)))
+            let (version, settled) = sources
+                .pushed
+                .as_ref()
+                .map_or((0, BTreeSet::new()), |p| (p.version, p.settled.clone()));
+            Ok(self.install(merged, version, settled))
         });
         let counter = if result.is_ok() {
             &self.metrics.reloads_ok
@@ -160,8 +192,15 @@ impl ConfigStore {
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         let merged = merge(&sources.files, Some(&pushed))?;
         let version = pushed.version;
+        let settled = pushed.settled.clone();
         sources.pushed = Some(pushed);
-        Ok(self.install(merged, version))
+        Ok(self.install(merged, version, settled))
+    }
+
+    /// The control plane's state in force, if any.
+    pub fn pushed(&self) -> Option<Pushed> {
+        let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.pushed.clone()
     }
 
     /// The control-plane version in force, 0 if none.
@@ -184,7 +223,7 @@ impl ConfigStore {
     /// Compiles validated documents and swaps them in; returns the new version.
     #[cfg(test)]
     pub fn install_for_test(&self, documents: Vec<Document>) -> u64 {
-        self.install(documents, 0)
+        self.install(documents, 0, BTreeSet::new())
     }
 }
 
@@ -201,7 +240,7 @@ mod tests {
             weir_policy::parse_str("f.yaml", files).expect("valid");
         s.install_pushed(Pushed {
             version: 1,
-            documents: Vec::new(),
+            ..Pushed::default()
         })
         .expect("valid");
         assert_eq!(s.load().mtls, MtlsMode::Permissive);
@@ -209,6 +248,7 @@ mod tests {
         s.install_pushed(Pushed {
             version: 42,
             documents: pushed,
+            ..Pushed::default()
         })
         .expect("valid");
         let snap = s.load();
@@ -239,6 +279,7 @@ mod tests {
             .install_pushed(Pushed {
                 version: 43,
                 documents: conflicting,
+                ..Pushed::default()
             })
             .expect_err("conflict");
         assert!(err.to_string().contains("already governed"), "{err}");

@@ -1,5 +1,6 @@
 //! The caller's side: the app's outbound calls arrive here (explicitly, or redirected by
 //! iptables), get resolved to a mesh service or passed through, and are forwarded.
+mod discover;
 mod mesh;
 mod passthrough;
 mod resolve;
@@ -123,7 +124,10 @@ impl Outbound {
         if req.method() == Method::CONNECT {
             return self.tunnel(req).await.unwrap_or_else(ProxyError::response);
         }
-        let snapshot = self.config.load();
+        let snapshot = match self.discovered(&req, orig_dst).await {
+            Ok(s) => s,
+            Err(e) => return e.response(),
+        };
         // Only this proxy says which pod port a call is for; an app cannot pick one.
         req.headers_mut().remove(X_WEIR_DST_PORT);
         match resolve::resolve(&snapshot, &req, orig_dst) {
@@ -146,7 +150,10 @@ impl Outbound {
             );
             return;
         };
-        let snapshot = self.config.load();
+        let snapshot = match self.discovered_addr(dst).await {
+            Ok(s) => s,
+            Err(_) => self.config.load(),
+        };
         let result = match snapshot.service_for_original_dst(dst) {
             Some((svc, port)) => {
                 if !self.may_reach_mesh(&snapshot) {
@@ -181,7 +188,7 @@ impl Outbound {
             .authority()
             .cloned()
             .ok_or(ProxyError::BadRequest)?;
-        let snapshot = self.config.load();
+        let snapshot = self.discovered_authority(authority.as_str()).await?;
         let (mut upstream, preamble) = match snapshot.service_for_authority(authority.as_str()) {
             Some(svc) => {
                 if !self.may_reach_mesh(&snapshot) {
