@@ -162,6 +162,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(c) = &control {
         config.subscriptions.enable(args.resolve_timeout);
         c.load_cache();
+        tokio::spawn(config::idle::sweep_forever(
+            config.clone(),
+            args.subscription_idle,
+        ));
     }
     warn_if_strict_without_identity(&config, &creds);
 

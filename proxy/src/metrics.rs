@@ -71,6 +71,11 @@ impl TrafficMetrics {
         self.requests.fetch_add(1, Relaxed);
     }
 
+    /// Requests so far: the idle sweep of subscriptions reads whether it moved.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+
     /// Records the response head (or its absence) and the time it took to arrive.
     #[inline]
     pub fn response(&self, status: Option<u16>, elapsed: Duration) {

@@ -2,6 +2,7 @@
 //! with `arc-swap`. A request loads the snapshot once and keeps that `Arc` to the end, so a swap
 //! never changes the rules under a request in flight.
 mod compile;
+pub mod idle;
 mod lookup;
 pub mod report;
 mod snapshot;

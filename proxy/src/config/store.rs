@@ -197,6 +197,27 @@ impl ConfigStore {
         Ok(self.install(merged, version, settled))
     }
 
+    /// Forgets the control plane's answers for dropped subscription keys, so the next
+    /// request to one asks again instead of passing through.
+    pub fn unsettle(&self, keys: &[String]) {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(pushed) = sources.pushed.as_mut() else {
+            return;
+        };
+        let before = pushed.settled.len();
+        for key in keys {
+            pushed.settled.remove(key);
+        }
+        if pushed.settled.len() == before {
+            return;
+        }
+        let pushed = pushed.clone();
+        // The same documents as in force: the merge cannot fail where it passed before.
+        if let Ok(merged) = merge(&sources.files, Some(&pushed)) {
+            self.install(merged, pushed.version, pushed.settled);
+        }
+    }
+
     /// The control plane's state in force, if any.
     pub fn pushed(&self) -> Option<Pushed> {
         let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
