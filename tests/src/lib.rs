@@ -6,6 +6,7 @@
 //! drop (also when the test panics); every wait polls with a deadline.
 
 pub mod apps;
+pub mod bench;
 pub mod bins;
 pub mod client;
 pub mod config;
