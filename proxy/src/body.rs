@@ -3,13 +3,13 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-
-use crate::trace::TracedBody;
+use weir_trace::{SpanRecord, Tracer};
 
 #[derive(Debug)]
 pub enum ProxyBody {
@@ -164,5 +164,105 @@ impl Drop for AppBody {
         if self.body.is_end_stream() {
             self.release();
         }
+    }
+}
+
+// === TracedBody ===
+// Here rather than in `trace` because it and `ProxyBody` hold each other; `trace` only
+// decides when a body gets wrapped (`SpanBody`).
+
+/// `weir.error` of a span whose body failed half way: the peer (or app) broke the stream.
+const BODY_FAILED: &str = "reset";
+/// `weir.error` of a span whose body was dropped half way while the client was reading it
+/// (also of a span whose request was dropped half way, in `trace`).
+pub const CANCELLED: &str = "cancelled";
+
+/// A body and the spans that end with it: a try's and its call's (outbound), or a SERVER
+/// span (inbound).
+#[derive(Debug)]
+pub struct TracedBody {
+    inner: ProxyBody,
+    tracer: Tracer,
+    spans: [Option<SpanRecord>; 2],
+    delivered: bool,
+    ended: bool,
+}
+
+impl TracedBody {
+    /// `inner` with `span` to record when it ends; `delivered` as in `SpanBody::end_span_with`.
+    pub fn new(inner: ProxyBody, tracer: Tracer, span: SpanRecord, delivered: bool) -> Self {
+        TracedBody {
+            inner,
+            tracer,
+            spans: [Some(span), None],
+            delivered,
+            ended: false,
+        }
+    }
+
+    /// Keeps `span` to record at the body's end, or gives it back when there is no room or the
+    /// body has ended already.
+    pub fn keep(&mut self, span: SpanRecord, delivered: bool) -> Option<SpanRecord> {
+        self.delivered |= delivered;
+        if self.ended {
+            return Some(span);
+        }
+        match self.spans.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => {
+                *slot = Some(span);
+                None
+            }
+            None => Some(span),
+        }
+    }
+
+    fn end(&mut self, error: Option<&'static str>) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        let now = SystemTime::now();
+        for mut span in self.spans.iter_mut().filter_map(Option::take) {
+            span.end = now;
+            if span.error.is_none() {
+                span.error = error.map(Into::into);
+            }
+            self.tracer.record(span);
+        }
+    }
+}
+
+impl Body for TracedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.end(None),
+            Poll::Ready(Some(Err(_))) => this.end(Some(BODY_FAILED)),
+            // hyper stops polling once the body says it has ended, and may drop it later.
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.end(None),
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TracedBody {
+    fn drop(&mut self) {
+        let cut_short = self.delivered && !self.inner.is_end_stream();
+        self.end(cut_short.then_some(CANCELLED));
     }
 }

@@ -9,8 +9,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
+use super::error::StoreError;
 use super::tables::Tables;
-use super::{ObjectKey, Record, ResultsChanged, StoreError, decode, display_key, encode};
+use super::types::{ObjectKey, Record, ResultsChanged, decode, display_key, encode};
 
 /// How far ahead of the last issued version the persisted ceiling is moved. Versions are also
 /// bumped in memory by registrations, which are not worth a disk write each; after a restart the

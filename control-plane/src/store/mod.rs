@@ -9,115 +9,26 @@
 //! `history` still works after a delete. The rules themselves live once, in [`tables`].
 
 mod embedded;
+mod error;
 pub mod etcd;
 mod identity;
 mod tables;
+mod types;
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-use weir_policy::{Document, Errors};
+use weir_policy::Document;
 
 use crate::registry::{Registered, ServiceKey};
 use crate::status::SharedProxy;
+use types::object;
 
+pub use error::StoreError;
+pub(crate) use error::grpc_status;
 pub use etcd::EtcdConfig;
 pub use identity::TokenRecord;
-
-/// Revisions kept per object, deletions included.
-pub const HISTORY_LEN: u64 = 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store: {0}")]
-    Db(#[from] redb::Error),
-    /// etcd did not answer or refused: the message names the endpoints and what to check.
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("store record {key} is corrupt: {reason}")]
-    Corrupt { key: String, reason: String },
-    #[error("{0} not found")]
-    NotFound(String),
-    #[error("{0}")]
-    Precondition(String),
-    #[error("{0}")]
-    Invalid(Errors),
-    #[error("cannot make the store file {path} private (0600): {source}")]
-    Private {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-}
-
-macro_rules! redb_errors {
-    ($($t:ident),*) => {$(
-        impl From<redb::$t> for StoreError {
-            fn from(err: redb::$t) -> Self {
-                StoreError::Db(err.into())
-            }
-        }
-    )*};
-}
-redb_errors!(
-    DatabaseError,
-    TransactionError,
-    TableError,
-    StorageError,
-    CommitError
-);
-
-/// One revision of one object, as returned to callers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Object {
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    pub revision: u64,
-    /// weir-policy JSON; empty for a deletion.
-    pub json: String,
-    pub updated_unix_ms: i64,
-    pub deleted: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Created,
-    Configured,
-    Unchanged,
-    Deleted,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Created => "created",
-            Action::Configured => "configured",
-            Action::Unchanged => "unchanged",
-            Action::Deleted => "deleted",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Applied {
-    pub object: Object,
-    pub action: Action,
-}
-
-/// What is stored under each key; the key itself carries kind/namespace/name.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
-    revision: u64,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    json: String,
-    updated_unix_ms: i64,
-    #[serde(default)]
-    deleted: bool,
-}
-
-/// `(kind, namespace, name)` of a stored object.
-type ObjectKey = (String, String, String);
+pub(crate) use types::now_unix_ms;
+pub use types::{Action, Applied, HISTORY_LEN, Object, display_key};
 
 pub struct Store {
     backend: Backend,
@@ -421,82 +332,4 @@ impl Store {
         out.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
         Ok(out)
     }
-}
-
-/// Whether a write changed anything, so an all-`Unchanged` apply commits nothing and takes no
-/// version.
-trait ResultsChanged {
-    fn changed(&self) -> bool;
-}
-
-impl ResultsChanged for Applied {
-    fn changed(&self) -> bool {
-        self.action != Action::Unchanged
-    }
-}
-
-impl ResultsChanged for Vec<Applied> {
-    fn changed(&self) -> bool {
-        self.iter().any(ResultsChanged::changed)
-    }
-}
-
-fn decode(key: &str, value: &str) -> Result<Record, StoreError> {
-    serde_json::from_str(value).map_err(|err| StoreError::Corrupt {
-        key: key.to_string(),
-        reason: err.to_string(),
-    })
-}
-
-fn encode(key: &str, record: &Record) -> Result<String, StoreError> {
-    serde_json::to_string(record).map_err(|err| StoreError::Corrupt {
-        key: key.to_string(),
-        reason: err.to_string(),
-    })
-}
-
-fn object(kind: &str, ns: &str, name: &str, record: Record) -> Object {
-    Object {
-        kind: kind.to_string(),
-        namespace: ns.to_string(),
-        name: name.to_string(),
-        revision: record.revision,
-        json: record.json,
-        updated_unix_ms: record.updated_unix_ms,
-        deleted: record.deleted,
-    }
-}
-
-/// `ServicePolicy shop/payments`, as weir-policy names documents.
-/// How a store failure reads to a gRPC client: a store that is away is `unavailable` (worth a
-/// retry), not an internal error.
-pub(crate) fn grpc_status(err: StoreError) -> tonic::Status {
-    use tonic::Status;
-    match err {
-        StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
-        StoreError::Precondition(why) => Status::failed_precondition(why),
-        StoreError::Invalid(errors) => Status::invalid_argument(errors.to_string()),
-        StoreError::Unavailable(why) => {
-            tracing::warn!(reason = %why, "store unavailable");
-            Status::unavailable(why)
-        }
-        err @ (StoreError::Db(_) | StoreError::Corrupt { .. } | StoreError::Private { .. }) => {
-            tracing::error!(%err, "store error");
-            Status::internal(format!("{err}"))
-        }
-    }
-}
-
-pub fn display_key(kind: &str, ns: &str, name: &str) -> String {
-    if ns.is_empty() {
-        format!("{kind} {name}")
-    } else {
-        format!("{kind} {ns}/{name}")
-    }
-}
-
-pub(crate) fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -3,7 +3,8 @@
 
 use weir_policy::{Document, Errors, PolicyError};
 
-use super::{Action, Applied, HISTORY_LEN, Record, StoreError, display_key, object};
+use super::error::StoreError;
+use super::types::{Action, Applied, HISTORY_LEN, Object, Record, display_key, object};
 
 /// The reads and writes of one write transaction. Reads see the transaction's own writes.
 pub(super) trait Tables {
@@ -146,7 +147,7 @@ fn write_revision(
     ns: &str,
     name: &str,
     record: Record,
-) -> Result<super::Object, StoreError> {
+) -> Result<Object, StoreError> {
     // Revisions are consecutive, so dropping the one that fell out of the window keeps exactly
     // the last HISTORY_LEN.
     let drop = (record.revision > HISTORY_LEN).then(|| record.revision - HISTORY_LEN);

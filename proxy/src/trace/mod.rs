@@ -57,7 +57,7 @@ mod span;
 #[cfg(test)]
 mod tests;
 
-pub use body::{SpanBody, TracedBody};
+pub use body::SpanBody;
 
 use std::sync::Arc;
 

@@ -36,7 +36,7 @@ pub(super) struct Info {
 /// A request's future can be dropped half way: the caller hung up, or the call's deadline
 /// fired while a try was in flight. Its span is still recorded, ended there with
 /// `weir.error: cancelled`, so the trace shows where the time went.
-pub(super) const CANCELLED: &str = "cancelled";
+const CANCELLED: &str = crate::body::CANCELLED;
 
 impl Hop {
     /// The sampled span's parts, leaving nothing to record on drop.

@@ -27,8 +27,9 @@ use std::time::Duration;
 
 use weir_proto::etcd::etcdserverpb as pb;
 
+use super::error::StoreError;
 use super::tables::Tables;
-use super::{ObjectKey, Record, ResultsChanged, StoreError, decode, display_key};
+use super::types::{ObjectKey, Record, ResultsChanged, decode, display_key};
 use client::{Client, prefix_end};
 pub use tls::{ClientCert, EtcdTls};
 

@@ -8,8 +8,9 @@ use weir_proto::etcd::etcdserverpb as pb;
 use super::client::prefix_end;
 use super::ops::{delete_op, put_op, unchanged_since};
 use super::{Etcd, object_entry, revision_key, text};
+use crate::store::StoreError;
 use crate::store::tables::Tables;
-use crate::store::{Record, StoreError, decode, display_key, encode};
+use crate::store::types::{Record, decode, display_key, encode};
 
 /// `(key, value)` as read.
 type KeyValue = (Vec<u8>, Vec<u8>);

@@ -1,77 +1,15 @@
-//! The typed policy documents of design §6. Field names are the YAML names in snake_case.
-//!
-//! Serde derives here only check shape (types, unknown fields); ranges and cross-field rules live
-//! in `validate` so that every violation in a document can be reported at once.
+//! ServicePolicy: how callers treat one service (timeouts, retries, breaker, limits, faults,
+//! authorization). Routes live in `routes`.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
 
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::routes::Route;
 use crate::duration::Duration;
 use crate::meta::Metadata;
 use crate::wire::{Wire, impl_kind};
-
-/// The kinds this crate understands, in the order error messages list them.
-pub const KINDS: [&str; 3] = ["MeshConfig", "ServicePolicy", "Endpoints"];
-
-// === MeshConfig ===
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "Wire<MeshConfigSpec>", into = "Wire<MeshConfigSpec>")]
-pub struct MeshConfig {
-    pub metadata: Metadata,
-    pub spec: MeshConfigSpec,
-}
-
-impl_kind!(
-    MeshConfig,
-    MeshConfigSpec,
-    "MeshConfig",
-    |metadata, spec| {
-        // Cluster-wide: a namespace written by the user is ignored rather than half-honoured.
-        let metadata = Metadata {
-            namespace: String::new(),
-            ..metadata
-        };
-        Ok(MeshConfig {
-            metadata,
-            spec: spec.unwrap_or_default(),
-        })
-    }
-);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MtlsMode {
-    #[default]
-    Strict,
-    Permissive,
-}
-
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct MeshConfigSpec {
-    pub mtls: MtlsMode,
-    pub tracing: TracingSpec,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct TracingSpec {
-    /// Head-sampling probability, 0.0..=1.0.
-    pub sampling: f64,
-}
-
-impl Default for TracingSpec {
-    fn default() -> Self {
-        TracingSpec { sampling: 0.05 }
-    }
-}
-
-// === ServicePolicy ===
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "Wire<ServicePolicySpec>", into = "Wire<ServicePolicySpec>")]
@@ -245,44 +183,6 @@ pub struct FaultAbort {
     pub status: u16,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Route {
-    pub name: String,
-    /// `None` matches every request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub r#match: Option<RouteMatch>,
-    #[serde(default)]
-    pub backends: Vec<Backend>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RouteMatch {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path_exact: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path_prefix: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
-    /// Exact-value matches; names are lowercase.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Backend {
-    pub service: String,
-    /// Relative weight; defaults to 1 so a single backend needs no weight.
-    #[serde(default = "default_weight")]
-    pub weight: u32,
-}
-
-fn default_weight() -> u32 {
-    1
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Authorization {
@@ -297,144 +197,6 @@ pub struct Authorization {
 pub enum AuthzMode {
     AllowList,
     AllowAll,
-}
-
-// === Endpoints ===
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "Wire<EndpointsSpec>", into = "Wire<EndpointsSpec>")]
-pub struct Endpoints {
-    pub metadata: Metadata,
-    pub spec: EndpointsSpec,
-}
-
-impl_kind!(Endpoints, EndpointsSpec, "Endpoints", |metadata, spec| {
-    let spec = spec.ok_or("missing field `spec`")?;
-    Ok(Endpoints { metadata, spec })
-});
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct EndpointsSpec {
-    #[serde(default, with = "crate::wire::socket_addrs")]
-    pub addresses: Vec<SocketAddr>,
-    /// Expected peer identity (SPIFFE id) for mTLS to these addresses.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
-    /// Virtual IPs callers dial instead of an endpoint (a Kubernetes Service's cluster IPs):
-    /// a connection redirected from one of them belongs to this service.
-    #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
-    pub cluster_ips: Vec<IpAddr>,
-    /// The ports of `clusterIPs` and where each lands in the callee's pod. Without any, every
-    /// port of a cluster IP is the same port of the pod.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<ServicePort>,
-}
-
-/// One port of a service's virtual IPs: callers dial `port`, the app listens on `targetPort`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ServicePort {
-    pub port: u16,
-    /// The pod's port; `port` when omitted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_port: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
-
-impl ServicePort {
-    pub fn target(&self) -> u16 {
-        self.target_port.unwrap_or(self.port)
-    }
-}
-
-// === Document ===
-
-/// One YAML document of any kind. Serialises with `apiVersion` and `kind` like the input.
-// Unboxed on purpose: documents are few and built at config time, and plain variants keep
-// `Document::ServicePolicy(p)` patterns and construction simple for every caller.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
-pub enum Document {
-    MeshConfig(MeshConfig),
-    ServicePolicy(ServicePolicy),
-    Endpoints(Endpoints),
-}
-
-impl Document {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Document::MeshConfig(_) => "MeshConfig",
-            Document::ServicePolicy(_) => "ServicePolicy",
-            Document::Endpoints(_) => "Endpoints",
-        }
-    }
-
-    pub fn metadata(&self) -> &Metadata {
-        match self {
-            Document::MeshConfig(d) => &d.metadata,
-            Document::ServicePolicy(d) => &d.metadata,
-            Document::Endpoints(d) => &d.metadata,
-        }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.metadata().name
-    }
-
-    /// Empty for MeshConfig, which is cluster-wide.
-    pub fn namespace(&self) -> &str {
-        &self.metadata().namespace
-    }
-
-    /// `ServicePolicy shop/payments`, or `MeshConfig default` for cluster-wide kinds.
-    pub fn key(&self) -> String {
-        document_key(self.kind(), self.namespace(), self.name())
-    }
-}
-
-pub(crate) fn document_key(kind: &str, namespace: &str, name: &str) -> String {
-    if namespace.is_empty() {
-        format!("{kind} {name}")
-    } else {
-        format!("{kind} {namespace}/{name}")
-    }
-}
-
-impl Serialize for Document {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Document::MeshConfig(d) => d.serialize(serializer),
-            Document::ServicePolicy(d) => d.serialize(serializer),
-            Document::Endpoints(d) => d.serialize(serializer),
-        }
-    }
-}
-
-/// Shape-only: kind dispatch, types and unknown fields. Use [`crate::validate`] for the rules.
-impl<'de> Deserialize<'de> for Document {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // Buffer once so `kind` can be read before choosing the type; any serde format works.
-        let value = serde_norway::Value::deserialize(deserializer)?;
-        let Some(kind) = value.get("kind").and_then(serde_norway::Value::as_str) else {
-            return Err(de::Error::missing_field("kind"));
-        };
-        let result = match kind {
-            "MeshConfig" => serde_norway::from_value(value).map(Document::MeshConfig),
-            "ServicePolicy" => serde_norway::from_value(value).map(Document::ServicePolicy),
-            "Endpoints" => serde_norway::from_value(value).map(Document::Endpoints),
-            other => return Err(de::Error::custom(unknown_kind(other))),
-        };
-        result.map_err(de::Error::custom)
-    }
-}
-
-pub(crate) fn unknown_kind(kind: &str) -> String {
-    format!(
-        "unknown kind {kind:?}; expected one of {}",
-        KINDS.join(", ")
-    )
 }
 
 // === impl RetryOn ===
