@@ -6,24 +6,20 @@
 //! Keys are `name.namespace` for service names and `ip:port` for redirected connections.
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-/// How long a first request to an unknown destination waits for the control plane.
-pub const DEFAULT_RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
-
 pub struct Subscriptions {
-    /// Set when a control plane serves this proxy; standalone proxies never subscribe.
-    enabled: AtomicBool,
+    /// How long a first request to an unknown destination waits; set once when a control
+    /// plane serves this proxy (standalone proxies never subscribe).
+    resolve_timeout: OnceLock<Duration>,
     state: Mutex<State>,
     /// Bumped after each install that answered keys, so waiters look again.
     answered: watch::Sender<u64>,
     /// Wakes the control-plane session when there is a change to send.
     pub wake: Notify,
-    pub resolve_timeout: std::sync::RwLock<Duration>,
 }
 
 #[derive(Default)]
@@ -36,11 +32,10 @@ struct State {
 impl Default for Subscriptions {
     fn default() -> Self {
         Subscriptions {
-            enabled: AtomicBool::new(false),
+            resolve_timeout: OnceLock::new(),
             state: Mutex::default(),
             answered: watch::channel(0).0,
             wake: Notify::new(),
-            resolve_timeout: std::sync::RwLock::new(DEFAULT_RESOLVE_TIMEOUT),
         }
     }
 }
@@ -50,16 +45,13 @@ impl Default for Subscriptions {
 pub struct Unanswered;
 
 impl Subscriptions {
+    /// Turns subscribing on; the first call's timeout stays.
     pub fn enable(&self, resolve_timeout: Duration) {
-        *self
-            .resolve_timeout
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = resolve_timeout;
-        self.enabled.store(true, Relaxed);
+        let _ = self.resolve_timeout.set(resolve_timeout);
     }
 
     pub fn enabled(&self) -> bool {
-        self.enabled.load(Relaxed)
+        self.resolve_timeout.get().is_some()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -136,10 +128,8 @@ impl Subscriptions {
         if new {
             self.wake.notify_one();
         }
-        let limit = *self
-            .resolve_timeout
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        // Not enabled: nobody would answer, so there is nothing to wait for.
+        let limit = self.resolve_timeout.get().copied().unwrap_or_default();
         let all = || keys.iter().all(|k| settled(k));
         tokio::time::timeout(limit, async {
             while !all() {
@@ -177,6 +167,8 @@ pub fn authority_key(authority: &str, own_namespace: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
     use super::*;
 
     #[test]
@@ -202,6 +194,8 @@ mod tests {
         let subs = std::sync::Arc::new(Subscriptions::default());
         subs.enable(Duration::from_secs(5));
         let settled = std::sync::Arc::new(AtomicBool::new(false));
+        let other = Subscriptions::default();
+        other.enable(Duration::from_millis(20));
         let (s2, flag) = (subs.clone(), settled.clone());
         let waiter = tokio::spawn(async move {
             s2.wait_for(&["payments.shop".into()], |_| flag.load(Relaxed))
@@ -214,13 +208,12 @@ mod tests {
         subs.answered();
         assert_eq!(waiter.await.expect("join"), Ok(()));
 
-        subs.enable(Duration::from_millis(20));
         assert_eq!(
-            subs.wait_for(&["other.shop".into()], |_| false).await,
+            other.wait_for(&["other.shop".into()], |_| false).await,
             Err(Unanswered)
         );
-        subs.forget(&["other.shop".into()]);
-        assert_eq!(subs.take_changes(), (vec![], vec!["other.shop".into()]));
+        other.forget(&["other.shop".into()]);
+        assert_eq!(other.take_changes(), (vec![], vec!["other.shop".into()]));
         assert_eq!(subs.keys(), ["payments.shop"]);
     }
 }

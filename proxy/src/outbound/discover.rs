@@ -33,17 +33,12 @@ impl Outbound {
             return Ok(snapshot);
         }
         let own_ns = &self.config.local().namespace;
-        let keys: Vec<String> = headers::authority(req)
+        let keys = headers::authority(req)
             .and_then(|a| authority_key(a, own_ns))
             .into_iter()
-            .chain(orig_dst.and_then(address_key))
-            .filter(|k| !snapshot.settled(k))
-            .collect();
-        if keys.is_empty() {
-            return Ok(snapshot);
-        }
-        match self.wait(&keys).await {
-            Ok(()) => Ok(self.config.load()),
+            .chain(orig_dst.and_then(address_key));
+        match self.ask(snapshot, keys).await {
+            Ok(snapshot) => Ok(snapshot),
             Err(Unanswered) if orig_dst.is_some() => Ok(self.config.load()),
             Err(Unanswered) => Err(ProxyError::DiscoveryTimeout),
         }
@@ -59,11 +54,7 @@ impl Outbound {
         {
             return Ok(snapshot);
         }
-        let keys: Vec<String> = address_key(dst)
-            .into_iter()
-            .filter(|k| !snapshot.settled(k))
-            .collect();
-        self.wait(&keys).await.map(|()| self.config.load())
+        self.ask(snapshot, address_key(dst)).await
     }
 
     /// For `CONNECT host:port`.
@@ -77,19 +68,22 @@ impl Outbound {
         {
             return Ok(snapshot);
         }
-        let keys: Vec<String> = authority_key(authority, &self.config.local().namespace)
-            .into_iter()
-            .filter(|k| !snapshot.settled(k))
-            .collect();
-        self.wait(&keys)
+        let key = authority_key(authority, &self.config.local().namespace);
+        self.ask(snapshot, key)
             .await
-            .map(|()| self.config.load())
             .map_err(|Unanswered| ProxyError::DiscoveryTimeout)
     }
 
-    async fn wait(&self, keys: &[String]) -> Result<(), Unanswered> {
+    /// Asks the control plane about the keys `snapshot` has no answer for and waits for the
+    /// answers; returns the snapshot to route with (`snapshot` itself when nothing was asked).
+    async fn ask(
+        &self,
+        snapshot: Arc<Snapshot>,
+        keys: impl IntoIterator<Item = String>,
+    ) -> Result<Arc<Snapshot>, Unanswered> {
+        let keys: Vec<String> = keys.into_iter().filter(|k| !snapshot.settled(k)).collect();
         if keys.is_empty() {
-            return Ok(());
+            return Ok(snapshot);
         }
         self.metrics
             .discovery_waits
@@ -97,7 +91,7 @@ impl Outbound {
         let config = &self.config;
         let result = config
             .subscriptions
-            .wait_for(keys, |k| config.peek(|s| s.settled(k)))
+            .wait_for(&keys, |k| config.peek(|s| s.settled(k)))
             .await;
         if result.is_err() {
             self.metrics
@@ -105,7 +99,7 @@ impl Outbound {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(?keys, "no answer from the control plane in time");
         }
-        result
+        result.map(|()| config.load())
     }
 }
 
