@@ -14,7 +14,7 @@ use crate::raw_http::{self, RawResponse};
 /// first start in a run may share two cores with a cargo build.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Free ports are chosen then released before the proxy binds them; another
-/// process can take one in between, so a start that fails with "address in use"
+/// process can take one in between, so a start that fails with "address already in use"
 /// is retried on new ports this many times in all.
 const START_ATTEMPTS: usize = 3;
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -193,7 +193,7 @@ impl ProxyBuilder {
                 Err(Some(status))
                     if self.fixed_addrs.is_none()
                         && attempt < START_ATTEMPTS
-                        && proxy.child.log_contains("address in use") =>
+                        && proxy.child.log_contains("address already in use") =>
                 {
                     eprintln!("{} exited ({status}): port taken, retrying", self.name);
                 }
