@@ -20,12 +20,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // concurrently.
         unsafe { std::env::set_var("PROTOC", protoc) };
     }
+    let (discovery, others) = PROTOS.split_at(1);
     tonic_prost_build::configure()
         // Shared, not copied: the control plane sends one snapshot to thousands of streams.
         .bytes(".weir.discovery.v1.Document.json")
         .bytes(".weir.discovery.v1.Snapshot.trust_bundle_pem")
         .bytes(".weir.discovery.v1.DeltaResponse.trust_bundle_pem")
-        .compile_protos(&PROTOS, &["proto"])?;
+        // Small starting buffers: thousands of mostly idle streams (src/codec.rs).
+        .codec_path("crate::codec::DiscoveryCodec")
+        .compile_protos(discovery, &["proto"])?;
+    tonic_prost_build::configure().compile_protos(others, &["proto"])?;
     // etcd's API, for weir-control's etcd store: a client only, etcd is the server.
     for p in ETCD_PROTOS {
         println!("cargo:rerun-if-changed={p}");

@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::Stream;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tonic::{Status, Streaming};
 use weir_proto::discovery::v1::{
     DeltaAck, DeltaRequest, DeltaResponse, Resolution, Resource, Subscribe, delta_request,
@@ -63,17 +62,15 @@ pub async fn serve(
         add: hello.subscribe,
         remove: Vec::new(),
     });
-    let (tx, rx) = mpsc::channel(2);
-    tokio::spawn(run(
+    let driver = Driver {
         session,
         inbound,
-        hub.subscribe(),
-        connected.version,
-        connected.state,
-        guard,
-        tx,
-    ));
-    Ok(Box::pin(ReceiverStream::new(rx)))
+        published: hub.subscribe(),
+        min_version: Some(connected.version),
+        state: connected.state,
+        _guard: guard,
+    };
+    Ok(Box::pin(futures_util::stream::unfold(driver, Driver::next)))
 }
 
 /// What the control plane knows of one proxy's scope and holdings.
@@ -242,52 +239,64 @@ impl Session {
     }
 }
 
-async fn run(
-    mut session: Session,
-    mut inbound: Streaming<DeltaRequest>,
-    mut published: watch::Receiver<Arc<Published>>,
-    min_version: u64,
+/// One proxy's session, driven by its response stream: hyper polls the stream whenever a
+/// change is published or the proxy writes, so a stream needs no task or channel of its own
+/// (at 10,000 streams, a task and a channel each cost more than the session).
+struct Driver {
+    session: Session,
+    inbound: Streaming<DeltaRequest>,
+    published: watch::Receiver<Arc<Published>>,
+    /// Until the first response: the version that includes the proxy's registration.
+    min_version: Option<u64>,
     state: Arc<ProxyState>,
-    guard: Registration,
-    tx: mpsc::Sender<Result<DeltaResponse, Status>>,
-) {
-    // The first response includes at least what was stored when the proxy connected.
-    if published
-        .wait_for(|p| p.closing || p.version >= min_version)
-        .await
-        .is_err()
-    {
-        return;
-    }
-    loop {
-        let current = published.borrow_and_update().clone();
-        if current.closing {
-            break;
+    /// Starts the registration's lease when the stream ends, however it ends.
+    _guard: Registration,
+}
+
+impl Driver {
+    /// The next response; `None` ends the stream (proxy gone, or the control plane closing).
+    async fn next(mut self) -> Option<(Result<DeltaResponse, Status>, Driver)> {
+        if let Some(min_version) = self.min_version.take() {
+            self.published
+                .wait_for(|p| p.closing || p.version >= min_version)
+                .await
+                .ok()?;
+        } else {
+            self.wait().await?;
         }
-        if !session.waiting() {
-            match session.step(&current) {
-                Some(response) => {
-                    if tx.send(Ok(response)).await.is_err() {
-                        break;
-                    }
-                }
-                // Nothing in its scope changed: it is as current as this version.
-                None => state.ack(current.version),
+        loop {
+            let current = self.published.borrow_and_update().clone();
+            if current.closing {
+                return None;
             }
+            if !self.session.waiting() {
+                match self.session.step(&current) {
+                    Some(response) => return Some((Ok(response), self)),
+                    // Nothing in its scope changed: it is as current as this version.
+                    None => self.state.ack(current.version),
+                }
+            }
+            self.wait().await?;
         }
+    }
+
+    /// Until a change is published or the proxy says something; `None` when either side ends.
+    async fn wait(&mut self) -> Option<()> {
         tokio::select! {
-            changed = published.changed() => if changed.is_err() { break },
-            message = inbound.message() => match message {
-                Ok(Some(m)) => handle(&mut session, &state, m),
-                Ok(None) => break,
+            changed = self.published.changed() => changed.ok(),
+            message = self.inbound.message() => match message {
+                Ok(Some(m)) => {
+                    handle(&mut self.session, &self.state, m);
+                    Some(())
+                }
+                Ok(None) => None,
                 Err(status) => {
                     tracing::debug!(%status, "delta stream ended");
-                    break;
+                    None
                 }
             },
         }
     }
-    drop(guard);
 }
 
 fn handle(session: &mut Session, state: &ProxyState, message: DeltaRequest) {

@@ -30,4 +30,5 @@ pub mod etcd {
     }
 }
 
+pub mod codec;
 pub mod dial;
