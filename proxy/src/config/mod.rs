@@ -7,6 +7,7 @@ mod compile;
 pub mod idle;
 mod lookup;
 pub mod report;
+mod reuse;
 mod snapshot;
 mod store;
 mod subscriptions;
