@@ -144,7 +144,6 @@ impl ConfigStore {
             }
             services.push(svc);
         }
-        drop((defs, policies, backends, previous));
 
         Snapshot {
             version,
