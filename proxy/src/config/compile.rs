@@ -38,6 +38,13 @@ impl ConfigStore {
     /// Builds the snapshot of `documents`, keeping from `previous` every backend and service
     /// whose inputs did not change (see [`Previous`]).
     fn compile(&self, version: u64, documents: Vec<Document>, previous: &Snapshot) -> Snapshot {
+        let sizes = [
+            previous.by_authority.len(),
+            previous.by_addr.len(),
+            previous.by_ip.len(),
+            previous.by_vip.len(),
+            previous.by_vip_any.len(),
+        ];
         let previous = Previous::new(previous);
         let mut mtls = MtlsMode::Strict;
         let mut sampling = weir_policy::TracingSpec::default().sampling;
@@ -85,6 +92,7 @@ impl ConfigStore {
                 self.policy_cache
                     .rate_limit(&self.local.service, &self.local.namespace, r)
             });
+        self.policy_cache.sweep_gates();
         let mut pool = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         pool.retain(|_, w| w.strong_count() > 0);
         let mut backends: HashMap<Key<'_>, Arc<Backend>> = HashMap::with_capacity(defs.len());
@@ -96,11 +104,13 @@ impl ConfigStore {
         }
         drop(pool);
 
-        let mut by_authority = HashMap::new();
-        let mut by_addr = HashMap::new();
-        let mut by_ip = HashMap::new();
-        let mut by_vip = HashMap::new();
-        let mut by_vip_any = HashMap::new();
+        // Sized like the tables before: a change seldom moves them much, and growing a table
+        // rehashes every entry already in it.
+        let mut by_authority = HashMap::with_capacity(sizes[0]);
+        let mut by_addr = HashMap::with_capacity(sizes[1]);
+        let mut by_ip = HashMap::with_capacity(sizes[2]);
+        let mut by_vip = HashMap::with_capacity(sizes[3]);
+        let mut by_vip_any = HashMap::with_capacity(sizes[4]);
         let mut services = Vec::with_capacity(backends.len());
         let mut keys: Vec<Key<'_>> = backends.keys().copied().collect();
         keys.sort_unstable();
