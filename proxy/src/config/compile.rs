@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::sync::Weak;
 use std::sync::atomic::Ordering::Relaxed;
 
-use weir_policy::{Document, MtlsMode};
+use weir_policy::{Document, MtlsMode, ServicePolicy};
 
+use super::reuse::{Key, Previous};
+use super::store::EndpointKey;
 use super::{ConfigStore, Service, Snapshot};
 use crate::client::h2::{H2Slot, PeerTls};
 use crate::endpoint::{Backend, Breaker, Endpoint};
@@ -25,7 +27,7 @@ impl ConfigStore {
         settled: std::collections::BTreeSet<String>,
     ) -> u64 {
         let version = self.next_version.fetch_add(1, Relaxed);
-        let mut snapshot = self.compile(version, documents);
+        let mut snapshot = self.compile(version, documents, &self.current.load());
         snapshot.control_plane_version = control_plane_version;
         snapshot.settled = settled.into_iter().map(String::into_boxed_str).collect();
         self.current.store(Arc::new(snapshot));
@@ -33,14 +35,24 @@ impl ConfigStore {
         version
     }
 
-    fn compile(&self, version: u64, documents: Vec<Document>) -> Snapshot {
+    /// Builds the snapshot of `documents`, keeping from `previous` every backend and service
+    /// whose inputs did not change (see [`Previous`]).
+    fn compile(&self, version: u64, documents: Vec<Document>, previous: &Snapshot) -> Snapshot {
+        let sizes = [
+            previous.by_authority.len(),
+            previous.by_addr.len(),
+            previous.by_ip.len(),
+            previous.by_vip.len(),
+            previous.by_vip_any.len(),
+        ];
+        let previous = Previous::new(previous);
         let mut mtls = MtlsMode::Strict;
         let mut sampling = weir_policy::TracingSpec::default().sampling;
         // Services come into being from Endpoints or ServicePolicy documents; a policy without
         // endpoints still makes the name a mesh service (answered with `no-endpoints`).
-        let mut defs: HashMap<(String, String), (Vec<SocketAddr>, Option<String>)> = HashMap::new();
-        let mut policies = HashMap::new();
-        let mut vips: HashMap<(String, String), VirtualIps> = HashMap::new();
+        let mut defs: HashMap<Key<'_>, (Vec<SocketAddr>, Option<&str>)> = HashMap::new();
+        let mut policies: HashMap<Key<'_>, &ServicePolicy> = HashMap::new();
+        let mut vips: HashMap<Key<'_>, VirtualIps> = HashMap::new();
         for doc in &documents {
             match doc {
                 Document::MeshConfig(m) => {
@@ -48,33 +60,31 @@ impl ConfigStore {
                     sampling = m.spec.tracing.sampling;
                 }
                 Document::Endpoints(e) => {
-                    let def = defs
-                        .entry((e.metadata.name.clone(), e.metadata.namespace.clone()))
-                        .or_default();
+                    let key = (e.metadata.name.as_str(), e.metadata.namespace.as_str());
+                    let def = defs.entry(key).or_default();
                     def.0.extend(e.spec.addresses.iter().copied());
-                    def.1.clone_from(&e.spec.identity);
+                    def.1 = e.spec.identity.as_deref();
                     if !e.spec.cluster_ips.is_empty() {
                         let ports = e.spec.ports.iter().map(|p| (p.port, p.target()));
-                        let vip = vips
-                            .entry((e.metadata.name.clone(), e.metadata.namespace.clone()))
-                            .or_default();
+                        let vip = vips.entry(key).or_default();
                         vip.0.extend(e.spec.cluster_ips.iter().copied());
                         vip.1.extend(ports);
                     }
                 }
                 Document::ServicePolicy(p) => {
-                    let key = (p.spec.service.clone(), p.metadata.namespace.clone());
-                    defs.entry(key.clone()).or_default();
+                    let namespace = p.metadata.namespace.as_str();
+                    let key = (p.spec.service.as_str(), namespace);
+                    defs.entry(key).or_default();
                     for b in p.spec.routes.iter().flat_map(|r| &r.backends) {
-                        defs.entry((b.service.clone(), p.metadata.namespace.clone()))
-                            .or_default();
+                        defs.entry((b.service.as_str(), namespace)).or_default();
                     }
                     policies.insert(key, p);
                 }
             }
         }
 
-        let own_policy = policies.get(&(self.local.service.clone(), self.local.namespace.clone()));
+        let own_policy =
+            policies.get(&(self.local.service.as_str(), self.local.namespace.as_str()));
         let inbound_authz = own_policy.and_then(|p| p.spec.authorization.clone());
         let inbound_rate_limit = own_policy
             .and_then(|p| p.spec.rate_limit.as_ref())
@@ -82,89 +92,45 @@ impl ConfigStore {
                 self.policy_cache
                     .rate_limit(&self.local.service, &self.local.namespace, r)
             });
+        self.policy_cache.sweep_gates();
         let mut pool = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         pool.retain(|_, w| w.strong_count() > 0);
-        let mut backends: HashMap<(String, String), Arc<Backend>> = HashMap::new();
-        for ((name, namespace), (addrs, identity)) in defs {
-            let endpoints = addrs
-                .iter()
-                .map(|&addr| {
-                    // Keyed by the expected identity too: a changed identity needs new
-                    // connections, checked against the new name.
-                    let key = (addr, identity.clone());
-                    if let Some(ep) = pool.get(&key).and_then(Weak::upgrade) {
-                        return ep;
-                    }
-                    let tls = PeerTls {
-                        creds: self.creds.clone(),
-                        identity: identity.clone(),
-                    };
-                    let ep = Arc::new(Endpoint {
-                        addr,
-                        h2: H2Slot::peer(addr, tls),
-                        lb: weir_resilience::PeakEwma::default(),
-                        breaker: arc_swap::ArcSwapOption::empty(),
-                    });
-                    pool.insert(key, Arc::downgrade(&ep));
-                    ep
-                })
-                .collect();
-            let backend = Backend::new(&name, endpoints, identity);
-            backends.insert((name, namespace), Arc::new(backend));
+        let mut backends: HashMap<Key<'_>, Arc<Backend>> = HashMap::with_capacity(defs.len());
+        for (&key, (addrs, identity)) in &defs {
+            let backend = previous
+                .backend(key, addrs, *identity)
+                .unwrap_or_else(|| Arc::new(self.backend(key.0, addrs, *identity, &mut pool)));
+            backends.insert(key, backend);
         }
         drop(pool);
 
-        let mut by_authority = HashMap::new();
-        let mut by_addr = HashMap::new();
-        let mut by_ip = HashMap::new();
-        let mut by_vip = HashMap::new();
-        let mut by_vip_any = HashMap::new();
-        let mut services = Vec::new();
-        let mut keys: Vec<_> = backends.keys().cloned().collect();
-        keys.sort();
-        for (name, namespace) in keys {
-            let own = backends[&(name.clone(), namespace.clone())].clone();
-            let routes: Vec<Route> = policies
-                .get(&(name.clone(), namespace.clone()))
-                .map(|p| {
-                    p.spec
-                        .routes
-                        .iter()
-                        .map(|r| {
-                            Route::compile(r, |backend| {
-                                backends
-                                    .get(&(backend.to_owned(), namespace.clone()))
-                                    .cloned()
-                                    .unwrap_or_else(|| Arc::new(Backend::empty(backend)))
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let policy = policies
-                .get(&(name.clone(), namespace.clone()))
-                .map(|p| self.policy_cache.compile(&name, &namespace, &p.spec))
-                .unwrap_or_default();
-            if let Some((spec, config)) = &policy.breaker {
-                let targets = std::iter::once(&own).chain(routes.iter().flat_map(Route::backends));
+        // Sized like the tables before: a change seldom moves them much, and growing a table
+        // rehashes every entry already in it.
+        let mut by_authority = HashMap::with_capacity(sizes[0]);
+        let mut by_addr = HashMap::with_capacity(sizes[1]);
+        let mut by_ip = HashMap::with_capacity(sizes[2]);
+        let mut by_vip = HashMap::with_capacity(sizes[3]);
+        let mut by_vip_any = HashMap::with_capacity(sizes[4]);
+        let mut services = Vec::with_capacity(backends.len());
+        let mut keys: Vec<Key<'_>> = backends.keys().copied().collect();
+        keys.sort_unstable();
+        for key in keys {
+            let (name, namespace) = key;
+            let policy = policies.get(&key).copied();
+            let (cluster_ips, ports) = vips.remove(&key).unwrap_or_default();
+            let svc = match previous.service(key, &backends, &ports, policy) {
+                Some(svc) => svc,
+                None => Arc::new(self.service(key, &backends, ports, policy)),
+            };
+            // Every service, kept or not, in the same order as a full compile: endpoints may be
+            // shared between backends, and the last policy to install on one decides.
+            if let Some((spec, config)) = &svc.policy.breaker {
+                let targets =
+                    std::iter::once(&svc.own).chain(svc.routes.iter().flat_map(Route::backends));
                 for backend in targets {
-                    self.install_breakers(backend, &namespace, spec, config);
+                    self.install_breakers(backend, namespace, spec, config);
                 }
             }
-            let (cluster_ips, ports) = vips
-                .remove(&(name.clone(), namespace.clone()))
-                .unwrap_or_default();
-            let svc = Arc::new(Service {
-                ports,
-                metrics: self
-                    .metrics
-                    .traffic(Direction::Outbound, &name, Some(&namespace)),
-                name: name.clone(),
-                namespace: namespace.clone(),
-                own,
-                routes,
-                policy: Arc::new(policy),
-            });
             for &ip in &cluster_ips {
                 if svc.ports.is_empty() {
                     by_vip_any.insert(ip, svc.clone());
@@ -180,7 +146,7 @@ impl ConfigStore {
                 }
             }
             if namespace == self.local.namespace {
-                by_authority.insert(name.clone().into_boxed_str(), svc.clone());
+                by_authority.insert(name.into(), svc.clone());
             }
             for suffix in ["", ".svc", ".svc.cluster.local"] {
                 let alias = format!("{name}.{namespace}{suffix}");
@@ -204,6 +170,81 @@ impl ConfigStore {
             by_vip_any,
             services,
             settled: Default::default(),
+        }
+    }
+
+    /// A new backend for `name`, its endpoints from the pool where they already exist.
+    fn backend(
+        &self,
+        name: &str,
+        addrs: &[SocketAddr],
+        identity: Option<&str>,
+        pool: &mut HashMap<EndpointKey, Weak<Endpoint>>,
+    ) -> Backend {
+        let identity = identity.map(str::to_owned);
+        let endpoints = addrs
+            .iter()
+            .map(|&addr| {
+                // Keyed by the expected identity too: a changed identity needs new
+                // connections, checked against the new name.
+                let key = (addr, identity.clone());
+                if let Some(ep) = pool.get(&key).and_then(Weak::upgrade) {
+                    return ep;
+                }
+                let tls = PeerTls {
+                    creds: self.creds.clone(),
+                    identity: identity.clone(),
+                };
+                let ep = Arc::new(Endpoint {
+                    addr,
+                    h2: H2Slot::peer(addr, tls),
+                    lb: weir_resilience::PeakEwma::default(),
+                    breaker: arc_swap::ArcSwapOption::empty(),
+                });
+                pool.insert(key, Arc::downgrade(&ep));
+                ep
+            })
+            .collect();
+        Backend::new(name, endpoints, identity)
+    }
+
+    /// A service compiled afresh: its routes over `backends`, its call policy.
+    fn service(
+        &self,
+        (name, namespace): Key<'_>,
+        backends: &HashMap<Key<'_>, Arc<Backend>>,
+        ports: Vec<(u16, u16)>,
+        policy: Option<&ServicePolicy>,
+    ) -> Service {
+        let routes: Vec<Route> = policy
+            .map(|p| {
+                p.spec
+                    .routes
+                    .iter()
+                    .map(|r| {
+                        Route::compile(r, |backend| {
+                            backends
+                                .get(&(backend, namespace))
+                                .cloned()
+                                .unwrap_or_else(|| Arc::new(Backend::empty(backend)))
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let policy = policy
+            .map(|p| self.policy_cache.compile(name, namespace, &p.spec))
+            .unwrap_or_default();
+        Service {
+            ports,
+            metrics: self
+                .metrics
+                .traffic(Direction::Outbound, name, Some(namespace)),
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            own: backends[&(name, namespace)].clone(),
+            routes,
+            policy: Arc::new(policy),
         }
     }
 }

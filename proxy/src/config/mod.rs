@@ -1,10 +1,13 @@
 //! The config snapshot: policy documents compiled into immutable lookup tables, swapped in whole
 //! with `arc-swap`. A request loads the snapshot once and keeps that `Arc` to the end, so a swap
 //! never changes the rules under a request in flight.
+#[cfg(test)]
+mod bench;
 mod compile;
 pub mod idle;
 mod lookup;
 pub mod report;
+mod reuse;
 mod snapshot;
 mod store;
 mod subscriptions;

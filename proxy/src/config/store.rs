@@ -45,7 +45,7 @@ fn same_object(a: &Document, b: &Document) -> bool {
 }
 
 /// An endpoint is its address plus the identity expected there.
-type EndpointKey = (SocketAddr, Option<String>);
+pub(super) type EndpointKey = (SocketAddr, Option<String>);
 
 /// Holds the snapshot in force and builds new ones.
 pub struct ConfigStore {

@@ -154,6 +154,13 @@ impl PolicyCache {
         Some(live)
     }
 
+    /// Forgets the gates no endpoint holds any more. Once per compile rather than in every
+    /// [`PolicyCache::gate`] call, which a compile makes for every backend of every service.
+    pub fn sweep_gates(&self) {
+        let mut map = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (_, w)| w.strong_count() > 0);
+    }
+
     /// The ejection gate of one backend, sized to its endpoint count; kept across snapshots
     /// so ejections in force stay counted.
     pub fn gate(
@@ -165,7 +172,6 @@ impl PolicyCache {
     ) -> Arc<EjectionGate> {
         let key = (service.to_owned(), namespace.to_owned());
         let mut map = self.gates.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, (_, w)| w.strong_count() > 0);
         if let Some((percent, weak)) = map.get(&key)
             && *percent == max_percent
             && let Some(gate) = weak.upgrade()
