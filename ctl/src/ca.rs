@@ -55,7 +55,7 @@ pub async fn run(target: &Target, command: CaCommand) -> Outcome {
     };
     let info = info.into_inner();
     match format {
-        ListFormat::Table => output::emit(&render(&info))?,
+        ListFormat::Table | ListFormat::Wide => output::emit(&render(&info))?,
         ListFormat::Json => output::emit(&output::pretty_json(&json(&info))?)?,
     }
     Ok(ExitCode::SUCCESS)

@@ -124,7 +124,8 @@ pub enum Command {
         #[arg(long, value_name = "REV")]
         to: u64,
     },
-    /// Show the connected proxies and which config version each has acknowledged.
+    /// Show which config version the proxies acknowledged: a summary by service, then the
+    /// proxies that are NACKing, behind or disconnected (`-o wide`: every proxy).
     Status {
         #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
         output: ListFormat,
@@ -211,9 +212,13 @@ pub enum DocFormat {
     Json,
 }
 
+/// `wide` is accepted by every list, as in kubectl: lists without more to show print their
+/// table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ListFormat {
     Table,
+    /// every row; for `status` every proxy instead of the summary
+    Wide,
     Json,
 }
 
@@ -279,6 +284,20 @@ mod tests {
                 output: ListFormat::Json
             }
         ));
+        let cli = parse(&["status", "-o", "wide"]).expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Status {
+                output: ListFormat::Wide
+            }
+        ));
+        // kubectl accepts `-o wide` on every list; ours print their table.
+        for args in [
+            &["endpoints", "-o", "wide"][..],
+            &["token", "list", "-o", "wide"],
+        ] {
+            parse(args).expect("wide is accepted");
+        }
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub type Client = AdminClient<InterceptedService<Channel, BearerToken>>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Admin calls are small; a minute covers a slow store without hanging scripts forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// tonic refuses responses over 4 MiB by default, and `status` of a 10,000-proxy mesh is about
+/// 2 MiB; 64 MiB leaves room for 300,000 proxies (or long NACK errors) while still bounding
+/// what a confused server can make weirctl buffer.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 pub const TOKEN_HELP: &str = "pass --token, --token-file or set WEIR_TOKEN / WEIR_TOKEN_FILE; \
     the admin token is in DATA_DIR/admin.token of `weir-control serve --data-dir DATA_DIR`";
@@ -120,7 +124,7 @@ impl Target {
             0 => anyhow!("--server: no URL given"),
             _ => anyhow!("{}", failures.join("; ")),
         })?;
-        Ok(AdminClient::with_interceptor(channel, interceptor))
+        Ok(admin_client(channel, interceptor))
     }
 
     /// A gRPC failure as a message for stderr: validation errors verbatim (the server already
@@ -170,6 +174,12 @@ impl Target {
             ),
         }
     }
+}
+
+/// The admin client on a connected channel, with the response limit raised.
+fn admin_client(channel: Channel, interceptor: BearerToken) -> Client {
+    AdminClient::with_interceptor(channel, interceptor)
+        .max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
 fn nonempty<'a>(text: &'a str, fallback: &'a str) -> &'a str {
@@ -223,6 +233,10 @@ impl Interceptor for BearerToken {
         Ok(request)
     }
 }
+
+#[cfg(test)]
+#[path = "client_limit_tests.rs"]
+mod limit_tests;
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use crate::{
-    Cli, Command, Outcome, Target, Usage, ca, inject, install, mesh, policy, tokens, trace,
+    Cli, Command, Outcome, Target, Usage, ca, inject, install, mesh, policy, status, tokens, trace,
 };
 
 /// Runs one parsed command line; errors are printed to stderr here.
@@ -89,7 +89,7 @@ async fn dispatch(cli: Cli) -> Outcome {
             let (namespace, name) = kind.object(&name, namespace.as_deref())?;
             policy::rollback(&target()?, kind, &namespace, &name, to).await
         }
-        Command::Status { output } => mesh::status(&target()?, output).await,
+        Command::Status { output } => status::run(&target()?, output).await,
         Command::Endpoints {
             service,
             namespace,

@@ -6,8 +6,8 @@
 //! Layout: `cli` holds the clap definitions, `kind` the document kinds and names, `dispatch`
 //! runs a parsed command line. `client` connects and explains gRPC errors, `output` formats
 //! tables and documents, `policy` holds the commands on stored documents (apply, get, delete,
-//! diff, history, rollback), `mesh` the ones about the running mesh (status, endpoints,
-//! version), `tokens` the workload tokens (token create, list, revoke), `ca` the roots and
+//! diff, history, rollback), `status` the proxies' view of the config, `mesh` the rest about
+//! the running mesh (endpoints, version), `tokens` the workload tokens (token create, list, revoke), `ca` the roots and
 //! their rotation, `trace` the waterfall of a trace, `install` the embedded Kubernetes
 //! manifests and `inject` rewrites Kubernetes manifests offline.
 
@@ -21,6 +21,7 @@ mod kind;
 mod mesh;
 pub mod output;
 mod policy;
+mod status;
 mod tokens;
 mod trace;
 

@@ -22,6 +22,8 @@ const MIN_COLUMN: usize = 4;
 pub struct Table {
     headers: Vec<String>,
     rows: Vec<Vec<String>>,
+    /// Columns cut at the start rather than the end.
+    keep_end: Vec<usize>,
 }
 
 impl Table {
@@ -29,7 +31,15 @@ impl Table {
         Table {
             headers: headers.iter().map(|h| h.to_string()).collect(),
             rows: Vec::new(),
+            keep_end: Vec::new(),
         }
+    }
+
+    /// Cuts this column's cells at the start: SPIFFE identities share their
+    /// `spiffe://domain/ns/` prefix and differ at the end.
+    pub fn keep_end(mut self, column: usize) -> Self {
+        self.keep_end.push(column);
+        self
     }
 
     /// Missing cells print empty and extra cells are ignored, so a short row cannot panic.
@@ -62,7 +72,11 @@ impl Table {
                 if i > 0 {
                     text.push_str(GAP);
                 }
-                let cell = truncate(cell, *width);
+                let cell = if self.keep_end.contains(&i) {
+                    truncate_start(cell, *width)
+                } else {
+                    truncate(cell, *width)
+                };
                 let pad = width.saturating_sub(cell.chars().count());
                 text.push_str(&cell);
                 text.extend(std::iter::repeat_n(' ', pad));
@@ -115,8 +129,31 @@ pub fn truncate(text: &str, width: usize) -> String {
     cut
 }
 
+/// Cuts `text` to its last `width` characters, marking the cut with `…`.
+pub fn truncate_start(text: &str, width: usize) -> String {
+    let len = text.chars().count();
+    if len <= width {
+        return text.to_string();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    std::iter::once('…')
+        .chain(text.chars().skip(len - (width - 1)))
+        .collect()
+}
+
+/// Empty cells would shift what `awk` sees as columns.
+pub fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text.into()
+    }
+}
+
 /// Multi-line server messages (NACK errors list one problem per line) would break the table.
-fn one_line(text: &str) -> String {
+pub fn one_line(text: &str) -> String {
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     let mut out = lines.next().unwrap_or_default().to_string();
     for line in lines {
@@ -303,6 +340,10 @@ mod tests {
         assert_eq!(truncate("abc", 3), "abc");
         assert_eq!(truncate("héllo wörld", 5), "héll…");
         assert_eq!(truncate("abc", 0), "");
+        assert_eq!(truncate_start("spiffe://d/sa/web", 8), "…/sa/web");
+        assert_eq!(truncate_start("abc", 3), "abc");
+        assert_eq!(truncate_start("héllo", 2), "…o");
+        assert_eq!(truncate_start("abc", 0), "");
     }
 
     #[test]

@@ -113,8 +113,8 @@ async fn list(target: &Target, format: ListFormat) -> Outcome {
         .tokens;
     let now = now_unix_ms();
     match format {
-        ListFormat::Table if tokens.is_empty() => eprintln!("No tokens."),
-        ListFormat::Table => output::emit(&table(&tokens, now))?,
+        ListFormat::Table | ListFormat::Wide if tokens.is_empty() => eprintln!("No tokens."),
+        ListFormat::Table | ListFormat::Wide => output::emit(&table(&tokens, now))?,
         ListFormat::Json => output::emit(&json(&tokens, now)?)?,
     }
     Ok(ExitCode::SUCCESS)

@@ -30,7 +30,7 @@ pub async fn history(
         bail!("{} has no history", key(kind.as_str(), namespace, name));
     }
     match format {
-        ListFormat::Table => output::emit(&history_table(&revisions))?,
+        ListFormat::Table | ListFormat::Wide => output::emit(&history_table(&revisions))?,
         ListFormat::Json => output::emit(&history_json(&revisions)?)?,
     }
     Ok(ExitCode::SUCCESS)
