@@ -7,9 +7,9 @@
 //! runs a parsed command line. `client` connects and explains gRPC errors, `output` formats
 //! tables and documents, `policy` holds the commands on stored documents (apply, get, delete,
 //! diff, history, rollback), `status` the proxies' view of the config, `mesh` the rest about
-//! the running mesh (endpoints, version), `tokens` the workload tokens (token create, list, revoke), `ca` the roots and
-//! their rotation, `trace` the waterfall of a trace, `install` the embedded Kubernetes
-//! manifests and `inject` rewrites Kubernetes manifests offline.
+//! the running mesh (endpoints, version), `tokens` the workload tokens (token create, list,
+//! revoke), `ca` the roots and their rotation, `trace` the waterfall of a trace, `install` the
+//! embedded Kubernetes manifests and `inject` rewrites Kubernetes manifests offline.
 
 mod ca;
 mod cli;

@@ -49,53 +49,38 @@ pub async fn within<T>(timeout: Duration, what: &str, fut: impl Future<Output = 
 /// that range, so between its release and the proxy's bind any outgoing connection
 /// could be given it as a source port (CI saw exactly that). Below the range only
 /// another listener can take it, and every chosen port is held until all are
-/// chosen. A port is not handed out twice in one test process, so two tests
-/// starting at once cannot both be given it. `Proxy` still retries the rare start
-/// that finds its port taken.
+/// chosen. One cursor per test process walks the range, so two tests starting at
+/// once are never given the same port; it starts at a place set by the process id,
+/// so test processes side by side walk different parts. `Proxy` still retries the
+/// rare start that finds its port taken.
 pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
     const LOW: u32 = 20_000;
-    const HIGH: u32 = 32_768;
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    if given.len() > (HIGH - LOW) as usize / 2 {
-        // Long runs recycle the oldest half; those tests are long done.
-        let half = given.len() / 2;
-        given.drain(..half);
-    }
-    let mut seed = std::process::id() as u64 ^ (unique() << 32) ^ now_nanos();
+    const SPAN: u32 = 32_768 - LOW;
+    static CURSOR: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+    let cursor = CURSOR.get_or_init(|| {
+        std::sync::atomic::AtomicU32::new(std::process::id().wrapping_mul(2_654_435_761) % SPAN)
+    });
     let mut listeners = Vec::with_capacity(n);
-    let mut tries = 0;
-    while listeners.len() < n {
-        tries += 1;
-        if tries > 10_000 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("no free port in {LOW}..{HIGH} after 10000 tries"),
-            ));
+    // One full walk of the range: if that finds too few, the machine has none to give.
+    for _ in 0..SPAN {
+        if listeners.len() == n {
+            break;
         }
-        // xorshift64: cheap spread over the range, different in every process.
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let port = (LOW + (seed % u64::from(HIGH - LOW)) as u32) as u16;
-        if given.contains(&port) {
-            continue;
-        }
+        let port = (LOW + cursor.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
         if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            given.push(port);
             listeners.push(l);
         }
+    }
+    if listeners.len() < n {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("only {} of {n} free ports in {LOW}..32768", listeners.len()),
+        ));
     }
     listeners
         .iter()
         .map(|l| l.local_addr().map(|a| a.port()))
         .collect()
-}
-
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64 ^ d.as_secs())
 }
 
 /// A process-unique number, for names of temp dirs, namespaces and logs.

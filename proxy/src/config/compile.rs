@@ -38,14 +38,7 @@ impl ConfigStore {
     /// Builds the snapshot of `documents`, keeping from `previous` every backend and service
     /// whose inputs did not change (see [`Previous`]).
     fn compile(&self, version: u64, documents: Vec<Document>, previous: &Snapshot) -> Snapshot {
-        let sizes = [
-            previous.by_authority.len(),
-            previous.by_addr.len(),
-            previous.by_ip.len(),
-            previous.by_vip.len(),
-            previous.by_vip_any.len(),
-        ];
-        let previous = Previous::new(previous);
+        let kept = Previous::new(previous);
         let mut mtls = MtlsMode::Strict;
         let mut sampling = weir_policy::TracingSpec::default().sampling;
         // Services come into being from Endpoints or ServicePolicy documents; a policy without
@@ -97,7 +90,7 @@ impl ConfigStore {
         pool.retain(|_, w| w.strong_count() > 0);
         let mut backends: HashMap<Key<'_>, Arc<Backend>> = HashMap::with_capacity(defs.len());
         for (&key, (addrs, identity)) in &defs {
-            let backend = previous
+            let backend = kept
                 .backend(key, addrs, *identity)
                 .unwrap_or_else(|| Arc::new(self.backend(key.0, addrs, *identity, &mut pool)));
             backends.insert(key, backend);
@@ -106,11 +99,11 @@ impl ConfigStore {
 
         // Sized like the tables before: a change seldom moves them much, and growing a table
         // rehashes every entry already in it.
-        let mut by_authority = HashMap::with_capacity(sizes[0]);
-        let mut by_addr = HashMap::with_capacity(sizes[1]);
-        let mut by_ip = HashMap::with_capacity(sizes[2]);
-        let mut by_vip = HashMap::with_capacity(sizes[3]);
-        let mut by_vip_any = HashMap::with_capacity(sizes[4]);
+        let mut by_authority = HashMap::with_capacity(previous.by_authority.len());
+        let mut by_addr = HashMap::with_capacity(previous.by_addr.len());
+        let mut by_ip = HashMap::with_capacity(previous.by_ip.len());
+        let mut by_vip = HashMap::with_capacity(previous.by_vip.len());
+        let mut by_vip_any = HashMap::with_capacity(previous.by_vip_any.len());
         let mut services = Vec::with_capacity(backends.len());
         let mut keys: Vec<Key<'_>> = backends.keys().copied().collect();
         keys.sort_unstable();
@@ -118,7 +111,7 @@ impl ConfigStore {
             let (name, namespace) = key;
             let policy = policies.get(&key).copied();
             let (cluster_ips, ports) = vips.remove(&key).unwrap_or_default();
-            let svc = match previous.service(key, &backends, &ports, policy) {
+            let svc = match kept.service(key, &backends, &ports, policy) {
                 Some(svc) => svc,
                 None => Arc::new(self.service(key, &backends, ports, policy)),
             };
