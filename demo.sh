@@ -179,7 +179,7 @@ settle() {
 step() { echo; echo "━━ $1"; echo "   $2"; }
 converged() { # wait until every proxy acknowledged the newest config (ACKED has no `*`)
     for _ in $(seq 100); do
-        ctl status 2>/dev/null | awk 'NR > 2 && $3 ~ /\*$/ {behind = 1} END {exit behind}' && return 0
+        ctl status -o wide 2>/dev/null | awk 'NR > 2 && $3 ~ /\*$/ {behind = 1} END {exit behind}' && return 0
         sleep 0.05
     done
 }
