@@ -93,7 +93,9 @@ where
             final_flush_done: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
-                buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
+                // Weir: allocated by the first `buffer`, released once flushed (see
+                // `Encoder::release_if_empty`).
+                buf: Cursor::new(BytesMut::new()),
                 next: None,
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -168,6 +170,7 @@ where
                 ControlFlow::Break => break,
             }
         }
+        self.encoder.release_if_empty();
 
         tracing::trace!("flushing buffer");
         // Flush the upstream
@@ -223,6 +226,9 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +313,21 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // A released buffer (capacity 0) has room: `buffer` allocates it again.
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (self.buf.get_ref().capacity() == 0
+                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
+                    >= self.min_buffer_capacity)
+    }
+
+    /// Weir: give the write buffer back once everything in it is written, so an idle
+    /// connection holds no 16 KiB buffer (a control plane holds one connection per proxy).
+    fn release_if_empty(&mut self) {
+        if self.next.is_none() && self.buf.get_ref().is_empty() && self.buf.get_ref().capacity() > 0
+        {
+            *self.buf.get_mut() = BytesMut::new();
+            self.buf.set_position(0);
+        }
     }
 
     fn is_empty(&self) -> bool {
