@@ -7,7 +7,7 @@
 //! for the proxy's ACK and then carries everything that changed meanwhile, so a slow proxy
 //! costs no queue.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,8 +79,9 @@ pub struct Session {
     own: ServiceKey,
     /// Key → the services it resolved to at the last step.
     subscriptions: BTreeMap<String, Vec<ServiceKey>>,
-    /// Keys to answer with a Resolution in the next response.
-    unanswered: Vec<String>,
+    /// Keys to answer with a Resolution in the next response: new subscriptions, and keys
+    /// whose answer changed (a name outside the mesh that a later apply brought in).
+    unanswered: BTreeSet<String>,
     /// What the proxy holds (or was sent and has not refused).
     sent: HashMap<Arc<str>, u64>,
     /// The version of each resource the proxy refused, so it is not sent again.
@@ -106,11 +107,11 @@ impl Session {
                 && !self.subscriptions.contains_key(key)
             {
                 tracing::debug!(key, "subscription limit reached; answering as unknown");
-                self.unanswered.push(key.clone());
+                self.unanswered.insert(key.clone());
                 continue;
             }
             self.subscriptions.entry(key.clone()).or_default();
-            self.unanswered.push(key.clone());
+            self.unanswered.insert(key.clone());
         }
     }
 
@@ -136,7 +137,11 @@ impl Session {
     pub fn step(&mut self, published: &Published) -> Option<DeltaResponse> {
         let world = &published.world;
         for (key, resolved) in &mut self.subscriptions {
-            *resolved = world.resolve(key);
+            let now = world.resolve(key);
+            if now.first() != resolved.first() {
+                self.unanswered.insert(key.clone());
+            }
+            *resolved = now;
         }
         let needed = self.needed(world);
         let mut resources = Vec::new();

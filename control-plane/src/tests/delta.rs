@@ -245,6 +245,30 @@ async fn a_proxy_gets_only_what_it_calls_and_then_only_what_changed(store: Store
     assert!(resumed.resources.is_empty(), "{:?}", names(&resumed));
     assert!(resumed.removed.is_empty(), "{:?}", resumed.removed);
     assert_eq!(resolutions(&resumed), [("payments.shop", "payments.shop")]);
+
+    // A name outside the mesh is answered as such; when an apply brings it in, the proxy is
+    // told again, with the service's resources.
+    again.subscribe(&["shipping.shop"], &[]).await;
+    let outside = again.next_acked().await;
+    assert_eq!(resolutions(&outside), [("shipping.shop", "")]);
+    assert!(outside.resources.is_empty(), "{:?}", names(&outside));
+    let shipping = "
+---
+apiVersion: weir/v1
+kind: ServicePolicy
+metadata: { name: shipping, namespace: shop }
+spec: { service: shipping, timeouts: { request: 1s } }
+";
+    server
+        .apply(&format!(
+            "{}{shipping}",
+            MESH.replace("timeouts: { request: 2s }", "timeouts: { request: 4s }")
+        ))
+        .await
+        .expect("apply shipping");
+    let brought = again.next_acked().await;
+    assert_eq!(names(&brought), ["ServicePolicy/shop/shipping"]);
+    assert_eq!(resolutions(&brought), [("shipping.shop", "shipping.shop")]);
     server.stop().await;
 }
 
