@@ -61,6 +61,9 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub struct TrafficMetrics {
     requests: AtomicU64,
+    /// Opaque connections and CONNECT tunnels open now: they carry no requests, and the idle
+    /// sweep must not drop a destination they still use.
+    tunnels: AtomicU64,
     responses: [AtomicU64; CLASSES.len()],
     latency: Histogram,
 }
@@ -74,6 +77,16 @@ impl TrafficMetrics {
     /// Requests so far: the idle sweep of subscriptions reads whether it moved.
     pub fn requests(&self) -> u64 {
         self.requests.load(Relaxed)
+    }
+
+    /// Counts an opaque connection or tunnel as open until the guard drops.
+    pub fn tunnel(self: &Arc<Self>) -> OpenTunnel {
+        self.tunnels.fetch_add(1, Relaxed);
+        OpenTunnel(self.clone())
+    }
+
+    pub fn tunnels(&self) -> u64 {
+        self.tunnels.load(Relaxed)
     }
 
     /// Records the response head (or its absence) and the time it took to arrive.
@@ -107,6 +120,14 @@ impl ConnectionMetrics {
 }
 
 pub struct OpenConnection(Arc<ConnectionMetrics>);
+
+pub struct OpenTunnel(Arc<TrafficMetrics>);
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.0.tunnels.fetch_sub(1, Relaxed);
+    }
+}
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {

@@ -1,6 +1,7 @@
 //! Dropping subscriptions nobody uses. Each sweep reads every subscribed service's request
-//! counter (kept per service across snapshots); a key whose counter has not moved for the
-//! idle period, or that the control plane said is not in the mesh that long ago, is dropped.
+//! counter and open tunnels (kept per service across snapshots); a key whose counter has not
+//! moved for the idle period and that no opaque connection holds, or that the control plane
+//! said is not in the mesh that long ago, is dropped.
 //! Nothing is added to the request path.
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,8 +44,10 @@ fn sweep(
         };
         // A key that names nothing in the mesh counts nothing: it ages from its first sweep.
         let count = service.map_or(0, |s| s.metrics.requests());
+        // An open opaque connection or tunnel keeps its destination however long it lasts.
+        let tunnels = service.is_some_and(|s| s.metrics.tunnels() > 0);
         let entry = seen.entry(key.clone()).or_insert((count, now));
-        if entry.0 != count {
+        if entry.0 != count || tunnels {
             *entry = (count, now);
         } else if now.duration_since(entry.1) >= idle {
             seen.remove(&key);
@@ -80,9 +83,22 @@ mod tests {
             sweep(&s, &mut seen, idle, t0 + Duration::from_secs(61)),
             ["nowhere.shop"]
         );
-        assert_eq!(
-            sweep(&s, &mut seen, idle, t0 + Duration::from_secs(91)),
-            ["payments.shop"]
-        );
+        // An opaque connection open the whole time keeps payments, however long it lasts.
+        let tunnel = s
+            .load()
+            .service_for_authority("payments")
+            .expect("payments")
+            .metrics
+            .tunnel();
+        // (nowhere.shop stays subscribed here, since only the caller forgets: filter it out.)
+        let payments = |seen: &mut HashMap<_, _>, at: u64| {
+            sweep(&s, seen, idle, t0 + Duration::from_secs(at))
+                .contains(&"payments.shop".to_string())
+        };
+        assert!(!payments(&mut seen, 91));
+        assert!(!payments(&mut seen, 500));
+        drop(tunnel);
+        assert!(!payments(&mut seen, 540));
+        assert!(payments(&mut seen, 561));
     }
 }

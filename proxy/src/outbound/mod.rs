@@ -160,6 +160,7 @@ impl Outbound {
                     tracing::debug!(%dst, "opaque connection to a mesh service refused: mtls is strict and this proxy has no identity");
                     return;
                 }
+                let _open = svc.metrics.tunnel();
                 let Some(ep) = svc.own.pick() else { return };
                 let identity = svc.own.identity.as_deref();
                 match self.connect_peer(ep.addr, identity, ALPN_OPAQUE).await {
@@ -189,29 +190,31 @@ impl Outbound {
             .cloned()
             .ok_or(ProxyError::BadRequest)?;
         let snapshot = self.discovered_authority(authority.as_str()).await?;
-        let (mut upstream, preamble) = match snapshot.service_for_authority(authority.as_str()) {
-            Some(svc) => {
-                if !self.may_reach_mesh(&snapshot) {
-                    return Err(ProxyError::NoIdentity);
+        let (mut upstream, preamble, open) =
+            match snapshot.service_for_authority(authority.as_str()) {
+                Some(svc) => {
+                    if !self.may_reach_mesh(&snapshot) {
+                        return Err(ProxyError::NoIdentity);
+                    }
+                    let ep = svc.own.pick().ok_or(ProxyError::NoEndpoints)?;
+                    let identity = svc.own.identity.as_deref();
+                    let io = self.connect_peer(ep.addr, identity, ALPN_OPAQUE).await?;
+                    (io, Some(detect::preamble(0)), Some(svc.metrics.tunnel()))
                 }
-                let ep = svc.own.pick().ok_or(ProxyError::NoEndpoints)?;
-                let identity = svc.own.identity.as_deref();
-                let io = self.connect_peer(ep.addr, identity, ALPN_OPAQUE).await?;
-                (io, Some(detect::preamble(0)))
-            }
-            None => {
-                let mut addrs = tokio::net::lookup_host(authority.as_str())
-                    .await
-                    .map_err(|_| ProxyError::ConnectFailure)?;
-                let addr = addrs.next().ok_or(ProxyError::ConnectFailure)?;
-                let tcp = crate::client::connect(addr)
-                    .await
-                    .map_err(|_| ProxyError::ConnectFailure)?;
-                (PeerIo::Plain(tcp), None)
-            }
-        };
+                None => {
+                    let mut addrs = tokio::net::lookup_host(authority.as_str())
+                        .await
+                        .map_err(|_| ProxyError::ConnectFailure)?;
+                    let addr = addrs.next().ok_or(ProxyError::ConnectFailure)?;
+                    let tcp = crate::client::connect(addr)
+                        .await
+                        .map_err(|_| ProxyError::ConnectFailure)?;
+                    (PeerIo::Plain(tcp), None, None)
+                }
+            };
         let on_upgrade = hyper::upgrade::on(&mut req);
         self.drain.spawn(async move {
+            let _open = open;
             let down = match on_upgrade.await {
                 Ok(u) => u,
                 Err(e) => {
