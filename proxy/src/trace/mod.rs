@@ -19,7 +19,7 @@
 //! No locks, no logging: randomness is a per-thread splitmix64 word.
 //!
 //! # Where the calls go
-//! Inbound (`inbound/mod.rs`): [`Tracing::server`] as a request arrives, [`Tracing::forward`]
+//! Inbound (`inbound/request.rs`): [`Tracing::server`] as a request arrives, [`Tracing::forward`]
 //! before it goes to the app, [`Tracing::finish_server`] with the response sent back.
 //!
 //! A sampled span ends when its response body does (last frame, error or drop), not at the

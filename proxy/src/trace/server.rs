@@ -1,4 +1,4 @@
-//! The callee side (`inbound/mod.rs`): the SERVER span of each request the proxy delivers
+//! The callee side (`inbound/request.rs`): the SERVER span of each request the proxy delivers
 //! to its app.
 
 use std::net::SocketAddr;
