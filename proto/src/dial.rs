@@ -229,9 +229,12 @@ mod tests {
     /// starts at.
     #[tokio::test]
     async fn a_dead_address_is_passed_over() {
-        let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        // Bound but never listening: the port refuses connections, and holding it keeps the
+        // kernel from handing it to the live listener or another test (a dropped listener's
+        // port can be reused at once, which made this test flaky).
+        let dead = tokio::net::TcpSocket::new_v4().expect("socket");
+        dead.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let dead_addr = dead.local_addr().expect("addr");
-        drop(dead);
         let live = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -253,5 +256,6 @@ mod tests {
         }
         assert!(matches!(connect_first(&[], 0).await, Err(None)));
         accept.abort();
+        drop(dead);
     }
 }
