@@ -149,8 +149,19 @@ pub struct Ejection {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Bulkhead {
     pub max_concurrent: u32,
+    /// Requests that may wait for a slot; none by default (a full bulkhead answers at once).
+    #[serde(default)]
     pub max_pending: u32,
+    /// How long a pending request waits; only matters with `maxPending` above 0.
+    #[serde(default = "default_pending_timeout")]
     pub pending_timeout: Duration,
+}
+
+/// Long enough to ride out a burst, short against the usual request timeouts.
+pub const DEFAULT_PENDING_TIMEOUT: Duration = Duration(std::time::Duration::from_secs(1));
+
+fn default_pending_timeout() -> Duration {
+    DEFAULT_PENDING_TIMEOUT
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -249,6 +249,35 @@ fn defaults_and_empty_documents() {
     assert_eq!(parse_str("e.yaml", "").expect("empty file"), []);
 }
 
+/// A bulkhead without a queue needs neither queue field (issue 17: `pendingTimeout` was
+/// required even with `maxPending: 0`).
+#[test]
+fn bulkhead_queue_fields_default() {
+    let text = "apiVersion: weir/v1\nkind: ServicePolicy\nmetadata: { name: cart }\nspec:\n  service: cart\n  bulkhead: { maxConcurrent: 5 }\n";
+    let docs = parse_str("b.yaml", text).expect("valid");
+    let Document::ServicePolicy(sp) = &docs[0] else {
+        panic!("expected ServicePolicy")
+    };
+    assert_eq!(
+        sp.spec.bulkhead,
+        Some(Bulkhead {
+            max_concurrent: 5,
+            max_pending: 0,
+            pending_timeout: DEFAULT_PENDING_TIMEOUT,
+        })
+    );
+    let queued = text.replace("maxConcurrent: 5", "maxConcurrent: 5, maxPending: 3");
+    let docs = parse_str("b.yaml", &queued).expect("valid with a queue and no timeout");
+    let Document::ServicePolicy(sp) = &docs[0] else {
+        panic!("expected ServicePolicy")
+    };
+    let b = sp.spec.bulkhead.as_ref().expect("bulkhead");
+    assert_eq!(
+        (b.max_pending, b.pending_timeout),
+        (3, Duration::from_secs(1))
+    );
+}
+
 #[test]
 fn yaml_round_trip() {
     let docs = design();
