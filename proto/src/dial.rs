@@ -233,7 +233,8 @@ mod tests {
         // kernel from handing it to the live listener or another test (a dropped listener's
         // port can be reused at once, which made this test flaky).
         let dead = tokio::net::TcpSocket::new_v4().expect("socket");
-        dead.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        dead.bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
         let dead_addr = dead.local_addr().expect("addr");
         let live = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
